@@ -1,0 +1,96 @@
+"""Pieces shared by the train, test and transform actions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from machop.config import Config, ConfigError
+from machop.ir import MaseGraph, PassContext
+
+console = Console(highlight=False)
+
+
+def data_module(config: Config):
+    """The set-up data module; missing or bad files are a ConfigError naming where to put them."""
+    from machop.datasets import MaseDataModule
+
+    dm = MaseDataModule(
+        config.dataset,
+        batch_size=config.batch_size,
+        data_dir=config.data_dir,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        num_workers=config.num_workers,
+    )
+    try:
+        dm.prepare_data()
+        dm.setup()
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ConfigError("dataset", str(e).splitlines()[0]) from None
+    return dm
+
+
+def context(config: Config, dm, progress: bool) -> PassContext:
+    return PassContext(
+        data_module=dm,
+        model_name=config.model,
+        dataset_info=dm.info,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        max_epochs=config.max_epochs,
+        limit_train_batches=config.limit_train_batches,
+        progress_bar=progress,
+    )
+
+
+def build_graph(config: Config, dm, progress: bool = True) -> MaseGraph:
+    """A MaseGraph of the config's model: loaded from ``load_name`` if given, else freshly initialised."""
+    import torch
+
+    from machop.ir.serialize import load_model
+    from machop.models import get_model
+
+    torch.manual_seed(config.seed)
+    ctx = context(config, dm, progress)
+    if config.load_name is None:
+        graph = MaseGraph(get_model(config.model, dm.info), context=ctx)
+    else:
+        try:
+            graph = load_model(config.load_name, config.load_type, config.model, dm.info, ctx)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise ConfigError("load_name", str(e).splitlines()[0]) from None
+        if graph.context.model_name != config.model:
+            raise ConfigError("load_name", f"{config.load_name} holds a {graph.context.model_name}, not {config.model}")
+        graph.context = ctx
+    graph.dummy_input = dm.dummy_input(2)
+    return graph
+
+
+def run_dir(config: Config, action: str) -> Path:
+    """A new ``PROJECT_DIR/PROJECT/<action>_<model>_<dataset>_<time>`` folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(config.project_dir) / config.project / f"{action}_{config.model}_{config.dataset}_{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def print_effective(config: Config, keys: list[str]) -> None:
+    table = Table(title="Effective configuration", show_header=False, box=None)
+    for k in keys:
+        v = getattr(config, k)
+        table.add_row(k, "NA" if v is None else str(v))
+    console.print(table)

@@ -1,0 +1,21 @@
+"""`ch test`: evaluate a checkpoint or a compressed file on the test split."""
+
+from __future__ import annotations
+
+from machop.config import Config, ConfigError
+from machop.training import evaluate
+
+from .common import build_graph, console, data_module, print_effective
+from .train import settings
+
+
+def test(config: Config, progress: bool = True) -> int:
+    if config.load_name is None:
+        raise ConfigError("--load", "is required: the checkpoint to evaluate (with --load-type pl|pt|mz|huffman)")
+    dm = data_module(config)
+    graph = build_graph(config, dm, progress)
+    print_effective(config, ["model", "dataset", "load_name", "load_type", "batch_size", "accelerator", "seed"])
+    result = evaluate(graph, dm, settings(config, progress))
+    console.print(f"test_acc {result['test_acc']:.4f}")
+    console.print(f"test_loss {result['test_loss']:.4f}")
+    return 0

@@ -1,0 +1,268 @@
+"""TOML → typed, validated configuration.
+
+Precedence is defaults < config file < command line. Every problem is a
+`ConfigError` naming the TOML key (``passes.prune.weight.sparsity``) or the
+command-line option, raised before anything runs or is written.
+
+`from_dict` turns a TOML table into a dataclass: it rejects unknown keys,
+checks types (``Literal`` choices, ``float | dict[str, float]``, lists, nested
+dataclasses), maps the string ``"NA"`` to ``None`` and calls the dataclass's
+``validate(path)`` hook for range checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str(err)`` is one line naming the key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with ``prefix`` put before its key."""
+        return ConfigError(join(prefix, self.key), self.message)
+
+
+def join(path: str, key: str) -> str:
+    """``join("passes.prune", "weight")`` → ``"passes.prune.weight"``."""
+    return f"{path}.{key}" if path and key else path or key
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a table of {_describe(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def convert(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against the type annotation ``tp``; return the typed value."""
+    if value == "NA":
+        value = None
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(arg, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+    if value is None:
+        raise ConfigError(path, f"must be {_describe(tp)}, got \"NA\"")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {k: convert(item, v, join(path, k)) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp!r} is not supported")  # a bug in a dataclass, not user input
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from a TOML table, validating every key.
+
+    Unknown keys are errors (typos are the commonest config bug). After the
+    fields are converted, ``cls.validate(self, path)`` runs if it exists.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(join(path, unknown[0]), f"unknown key; allowed keys: {', '.join(sorted(fields))}")
+    kwargs = {f.name: convert(hints[f.name], data[key], join(path, key)) for key, f in fields.items() if key in data}
+    missing = [
+        key for key, f in fields.items()
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(join(path, missing[0]), "is required")
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(path)
+    return obj
+
+
+def check_range(value: float | int | None, path: str, lo: float, hi: float, *, hi_open: bool = False) -> None:
+    """Raise ConfigError unless ``lo <= value <= hi`` (``< hi`` with ``hi_open``)."""
+    if value is None:
+        return
+    if value < lo or value > hi or (hi_open and value == hi):
+        bracket = ")" if hi_open else "]"
+        raise ConfigError(path, f"must be in [{lo}, {hi}{bracket}, got {value}")
+
+
+# --------------------------------------------------------------------------- the run config
+
+
+@dataclass
+class Config:
+    """Top-level keys, named as MASE names them. ``passes`` keeps file order."""
+
+    model: str = "lenet5"
+    dataset: str = "fashion_mnist"
+    task: Literal["classification", "cls"] = "classification"
+    load_name: str | None = None
+    load_type: Literal["pl", "pt", "mz", "huffman"] | None = None
+    batch_size: int = 128
+    max_epochs: int = 5
+    learning_rate: float = 1e-3
+    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    project: str = "default"
+    project_dir: str = "mase_output"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "ddp_find_unused_parameters_true"] = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    limit_train_batches: float | int = 1.0
+    log_every_n_steps: int = 50
+    passes: dict[str, dict] = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        from machop.datasets import DATASETS
+        from machop.models import MODELS
+
+        if self.model not in MODELS:
+            raise ConfigError(join(path, "model"), f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                join(path, "dataset"), f"unknown dataset {self.dataset!r}; choose from {', '.join(sorted(DATASETS))}"
+            )
+        for key in ("batch_size", "max_epochs", "num_nodes"):
+            check_range(getattr(self, key), join(path, key), 1, float("inf"))
+        check_range(self.num_workers, join(path, "num_workers"), 0, 256)
+        check_range(self.val_fraction, join(path, "val_fraction"), 0.0, 1.0, hi_open=True)
+        if not self.learning_rate > 0:
+            raise ConfigError(join(path, "learning_rate"), f"must be > 0, got {self.learning_rate}")
+        check_range(self.weight_decay, join(path, "weight_decay"), 0.0, float("inf"))
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError(join(path, "devices"), f"must be a positive integer or 'auto', got {self.devices!r}")
+        if isinstance(self.devices, int):
+            check_range(self.devices, join(path, "devices"), 1, 1024)
+        if self.load_name is not None and self.load_type is None:
+            raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz, huffman")
+        for label, table in self.passes.items():
+            if not isinstance(table, dict):
+                raise ConfigError(join("passes", label), "must be a table")
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("--config", f"no such file: {p}")
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{p} is not valid TOML ({e})") from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < TOML file at ``path`` < ``overrides`` (command-line values, None = not given)."""
+    data = read_toml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return from_dict(Config, data)
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Write a dict (the effective config) as TOML; ``None`` becomes ``"NA"``."""
+    scalars, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            scalars.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    out = []
+    if scalars:
+        if prefix:
+            out.append(f"[{prefix}]")
+        out.extend(scalars)
+        out.append("")
+    for k, v in tables:
+        out.append(to_toml(v, join(prefix, _toml_key(k))))
+    return "\n".join(out)
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else '"' + k.replace('"', '\\"') + '"'
+
+
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return '"NA"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return _toml_value(str(v))

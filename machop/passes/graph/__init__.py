@@ -1,0 +1,40 @@
+"""Graph passes and PASSES, the one registry (name → pass function).
+
+Every pass is ``fn(graph: MaseGraph, pass_args: dict | None = None) -> (graph, info)``.
+``PASS_ARGS`` maps the same names to the function that validates a pass's
+TOML table (``parse(table, path) -> typed args``), so that `ch transform`
+checks every table before anything runs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from machop.config import ConfigError
+
+from .analysis.metadata import add_common_metadata, init_metadata
+from .transforms.train import parse_test_args, parse_train_args, test_pass, train_transform_pass
+
+
+def _no_args(pass_args: dict | None, path: str) -> None:
+    if pass_args:
+        raise ConfigError(f"{path}.{next(iter(pass_args))}", "unknown key; this pass takes no options")
+
+
+PASSES: dict[str, Callable] = {
+    "init_metadata": init_metadata,
+    "add_common_metadata": add_common_metadata,
+    "train": train_transform_pass,
+    "retrain": train_transform_pass,  # the seed's name
+    "test": test_pass,
+}
+
+PASS_ARGS: dict[str, Callable] = {
+    "init_metadata": _no_args,
+    "add_common_metadata": _no_args,
+    "train": parse_train_args,
+    "retrain": parse_train_args,
+    "test": parse_test_args,
+}
+
+__all__ = ["PASSES", "PASS_ARGS", "train_transform_pass", "test_pass"]

@@ -1,0 +1,93 @@
+"""Node metadata: ``init_metadata`` and ``add_common_metadata`` (MASE's first two analysis passes).
+
+Each node gets ``node.meta["mase"] = {"common": {...}, "software": {...}}``.
+``common`` holds ``mase_op`` (conv2d, linear, relu, ...), ``mase_type``
+(module_related_func, builtin_func, placeholder, output, ...), the shapes and
+dtypes of the node's tensor inputs and outputs on one dummy batch, and the
+number of parameters of the module it calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from machop.ir import MaseGraph
+
+logger = logging.getLogger(__name__)
+
+_MODULE_OPS: dict[type[nn.Module], str] = {
+    nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear", nn.BatchNorm1d: "batch_norm1d",
+    nn.BatchNorm2d: "batch_norm2d", nn.ReLU: "relu", nn.MaxPool2d: "max_pool2d",
+    nn.AvgPool2d: "avg_pool2d", nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d", nn.Flatten: "flatten",
+    nn.Dropout: "dropout", nn.Softmax: "softmax", nn.Identity: "identity",
+}
+_FUNCTION_OPS = {
+    torch.flatten: "flatten", operator.add: "add", torch.add: "add", torch.relu: "relu",
+    nn.functional.relu: "relu", operator.mul: "mul", torch.cat: "cat", operator.getitem: "getitem",
+    torch.nn.functional.adaptive_avg_pool2d: "adaptive_avg_pool2d", torch.nn.functional.max_pool2d: "max_pool2d",
+}
+
+
+def mase_op(graph: MaseGraph, node: fx.Node) -> str:
+    """The MASE operator name of a node (``conv2d``, ``linear``, ``relu``, ``add``, ...)."""
+    if node.op == "call_module":
+        module = graph.module_of(node)
+        for cls, name in _MODULE_OPS.items():
+            if type(module) is cls:
+                return name
+        return type(module).__name__.lower()
+    if node.op in ("call_function", "call_method"):
+        return _FUNCTION_OPS.get(node.target, getattr(node.target, "__name__", str(node.target)))
+    return node.op
+
+
+def init_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
+    """Give every node an empty ``mase`` metadata dict with its op and type."""
+    for node in graph.nodes:
+        node.meta["mase"] = {"common": {}, "software": {}}
+        common = node.meta["mase"]["common"]
+        common["mase_op"] = mase_op(graph, node)
+        common["mase_type"] = {"call_module": "module_related_func", "call_function": "builtin_func"}.get(node.op, node.op)
+    return graph, {"nodes": len(list(graph.nodes))}
+
+
+def _describe(tm) -> dict | list | None:
+    """Shape and dtype of ``tensor_meta`` (a TensorMetadata, or a tuple of them)."""
+    if hasattr(tm, "shape") and hasattr(tm, "dtype"):
+        return {"shape": list(tm.shape), "dtype": str(tm.dtype).removeprefix("torch.")}
+    if isinstance(tm, (tuple, list)):
+        return [_describe(t) for t in tm]
+    return None
+
+
+def add_common_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
+    """Record tensor shapes (from ``graph.dummy_input``) and parameter counts per node.
+
+    ``pass_args`` may hold ``dummy_input``; else ``graph.dummy_input`` is used.
+    """
+    dummy = (pass_args or {}).get("dummy_input", graph.dummy_input)
+    if dummy is None:
+        raise ValueError("add_common_metadata needs a dummy input: MaseGraph(model, dummy_input=...)")
+    if any("mase" not in n.meta for n in graph.nodes):
+        init_metadata(graph)
+    was_training = graph.model.training
+    graph.model.eval()
+    with torch.no_grad():
+        ShapeProp(graph.model).propagate(dummy)
+    graph.model.train(was_training)
+    total = 0
+    for node in graph.nodes:
+        common = node.meta["mase"]["common"]
+        common["args"] = [_describe(a.meta.get("tensor_meta")) if isinstance(a, fx.Node) else None for a in node.args]
+        result = _describe(node.meta.get("tensor_meta"))
+        common["results"] = result if isinstance(result, list) else [result] if result else []
+        module = graph.module_of(node)
+        common["num_params"] = sum(p.numel() for p in module.parameters()) if module is not None else 0
+        total += common["num_params"]
+    return graph, {"num_params": total}
