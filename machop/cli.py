@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("machop").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.action == "setup":
         from machop.actions.setup import setup
 

@@ -92,6 +92,10 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         return {k: convert(item, v, join(path, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a table, got {value!r}")
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"must be a number, got {value!r}")

@@ -41,7 +41,7 @@ def summary_rows(report: dict) -> list[dict]:
 def print_summary(report: dict, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     table = Table(title=f"{report['model']} on {report['dataset']}")
-    for col in ("step", "pass", "test_acc", "non-zero weights", "bits/weight", "size", "ratio", "time"):
+    for col in ("step", "pass", "test_acc", "non-zero weights", "bits/w", "size", "ratio", "time"):
         table.add_column(col, justify="left" if col in ("step", "pass") else "right")
     init = report["initial"]
     table.add_row("(start)", "", "-", f"{init['nonzero_weights']:,}", "32", _fmt_bytes(init["dense_bytes"]), "1.0x", "")

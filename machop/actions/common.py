@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.table import Table
 from machop.config import Config, ConfigError
 from machop.ir import MaseGraph, PassContext
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def data_module(config: Config):
@@ -77,14 +78,20 @@ def build_graph(config: Config, dm, progress: bool = True) -> MaseGraph:
     return graph
 
 
+def is_rank_zero() -> bool:
+    """False in the extra processes Lightning launches for DDP (they must not write run files)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def run_dir(config: Config, action: str) -> Path:
-    """A new ``PROJECT_DIR/PROJECT/<action>_<model>_<dataset>_<time>`` folder."""
+    """A new ``PROJECT_DIR/PROJECT/<action>_<model>_<dataset>_<time>`` folder (made by rank 0 only)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(config.project_dir) / config.project / f"{action}_{config.model}_{config.dataset}_{stamp}"
     path, i = base, 1
     while path.exists():
         path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    path.mkdir(parents=True)
+    if is_rank_zero():
+        path.mkdir(parents=True)
     return path
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from machop.config import Config
-from machop.training import TrainSettings, evaluate, fit
+from machop.training import TrainSettings, fit
 
 from .common import build_graph, console, data_module, print_effective, run_dir
 
@@ -26,7 +26,7 @@ def train(config: Config, progress: bool = True) -> int:
     print_effective(config, KEYS)
     out = run_dir(config, "train")
     result = fit(graph, dm, settings(config, progress, checkpoint_dir=out / "checkpoints"))
-    console.print(f"val_acc {result['best_val_acc']:.4f} (best epoch)")
+    console.print(f"val_acc {result['best_val_acc']:.4f} (best epoch), {result['world_size']} process(es)")
     console.print(f"Best checkpoint: {result['checkpoint']}")
     console.print(f"Test it: ./ch test --model {config.model} --dataset {config.dataset} "
                   f"--load {result['checkpoint']} --load-type pl")

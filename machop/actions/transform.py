@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from machop.config import Config, ConfigError, to_toml
-from machop.passes.graph import PASS_ARGS, PASSES
+from machop.passes.graph import PASS_ARGS, PASSES, READ_ONLY
 from machop.passes.graph.analysis.metadata import add_common_metadata, init_metadata
 from machop.passes.graph.analysis.stats import weight_stats
 
@@ -70,7 +70,8 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
         graph, info = PASSES[name](graph, args)
         step = {"label": label, "pass": name, "seconds": round(time.perf_counter() - start, 2), "info": info,
                 "weights": weight_stats(graph)}
-        step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{label}.mz", "mz"))
+        if name not in READ_ONLY:
+            step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{label}.mz", "mz"))
         report["steps"].append(step)
         write_json(out / "report.json", report)
     from machop.report import print_summary

@@ -104,6 +104,7 @@ def fit(graph, data_module, s: TrainSettings) -> dict:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_acc", "val_loss")}
     metrics["best_val_acc"] = best.best
     metrics["epochs"] = trainer.current_epoch
+    metrics["world_size"] = trainer.world_size
     metrics["checkpoint"] = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     return metrics
 

@@ -37,4 +37,7 @@ PASS_ARGS: dict[str, Callable] = {
     "test": parse_test_args,
 }
 
+# passes that only read the model: `ch transform` writes no checkpoint after them
+READ_ONLY = {"init_metadata", "add_common_metadata", "test"}
+
 __all__ = ["PASSES", "PASS_ARGS", "train_transform_pass", "test_pass"]

@@ -151,7 +151,7 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
             info |= evaluate(graph, data, s)
     finally:
         data.batch_size = batch_size
-    logger.info("train: %s", info)
+    logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
 
 
