@@ -1,0 +1,65 @@
+"""TOML → typed config: types, "NA", unknown keys, precedence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from machop.config import Config, ConfigError, from_dict, load_config, to_toml
+
+
+@dataclass
+class Inner:
+    sparsity: float | dict[str, float] = 0.5
+    method: Literal["l1-norm", "l2-norm"] = "l1-norm"
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outer:
+    weight: Inner = field(default_factory=Inner)
+    name: str | None = "x"
+    steps: int = 1
+
+
+def test_from_dict_converts_nested_types_and_na():
+    cfg = from_dict(Outer, {"weight": {"sparsity": {"default": 0.5, "fc1": 0.9}, "exclude": ["fc3"]}, "name": "NA", "steps": 3})
+    assert cfg.weight.sparsity == {"default": 0.5, "fc1": 0.9}
+    assert cfg.weight.exclude == ["fc3"] and cfg.name is None and cfg.steps == 3
+    assert from_dict(Outer, {"weight": {"sparsity": 1}}).weight.sparsity == 1.0  # int accepted as float
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"wieght": {}}, "p.wieght: unknown key; allowed keys: name, steps, weight"),
+    ({"weight": {"method": "l3"}}, "p.weight.method: must be one of 'l1-norm', 'l2-norm', got 'l3'"),
+    ({"steps": 1.5}, "p.steps: must be an integer, got 1.5"),
+    ({"steps": True}, "p.steps: must be an integer, got True"),
+    ({"weight": {"exclude": ["a", 3]}}, "p.weight.exclude[1]: must be a string, got 3"),
+    ({"weight": {"sparsity": "half"}}, "p.weight.sparsity: must be a number or a table of a number, got 'half'"),
+    ({"weight": 3}, "p.weight: must be a table, got 3"),
+    ({"steps": "NA"}, 'p.steps: must be an integer, got "NA"'),
+])
+def test_from_dict_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, data, "p")
+    assert str(e.value) == message
+
+
+def test_precedence_defaults_file_command_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('model = "lenet300"\nbatch_size = 64\nmax_epochs = 3\nload_name = "NA"\n')
+    config = load_config(path, {"batch_size": 32, "max_epochs": None})
+    assert (config.model, config.batch_size, config.max_epochs) == ("lenet300", 32, 3)
+    assert config.load_name is None and config.learning_rate == Config().learning_rate
+
+
+def test_effective_config_round_trips_through_toml(tmp_path):
+    config = load_config(None, {"model": "vgg7", "dataset": "cifar10"})
+    text = to_toml({**vars(config), "passes": {"prune": {"weight": {"sparsity": 0.5, "method": "l1-norm"}}}})
+    path = tmp_path / "e.toml"
+    path.write_text(text)
+    again = load_config(path)
+    assert again.passes == {"prune": {"weight": {"sparsity": 0.5, "method": "l1-norm"}}}
+    assert vars(again) | {"passes": {}} == vars(config)
