@@ -1,58 +1,98 @@
-"""The run report: the summary table `ch transform` prints (the CLI/report layer)."""
+"""The run report (the CLI/report layer): the summary table, report.md and the figures of a run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+COLUMNS = ("step", "pass", "test_acc", "non-zero weights", "bits/weight", "size", "ratio", "time")
 
-def _fmt_bytes(n: float | None) -> str:
+
+def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return "-"
+    return f"{n:.1f} GB"
 
 
 def summary_rows(report: dict) -> list[dict]:
-    """One row per step: test_acc (last measured), non-zero weights, size and ratio where a file was written."""
-    rows, acc = [], None
+    """One row per step (plus the start).
+
+    ``test_acc`` is the last one measured. ``size`` is the compressed file's
+    bytes on disk after a Huffman step, else the sparse/quantized storage
+    estimate (`machop.passes.graph.analysis.stats.weight_stats`); ``ratio`` is
+    dense fp32 over that size, ``bits_per_weight`` size in bits over non-zero weights.
+    """
     dense = report["initial"]["dense_bytes"]
-    for step in report["steps"]:
-        info = step["info"]
+    start = {"label": "(start)", "pass": "", "info": {}, "weights": report["initial"], "seconds": None}
+    rows, acc = [], report.get("initial_test_acc")
+    for step in [start] + report["steps"]:
+        info, w = step["info"], step["weights"]
         acc = info.get("test_acc", acc)
-        size = info.get("file_bytes")
+        file_bytes = info.get("file_bytes")
+        size = file_bytes or w["estimated_bytes"]
         rows.append({
-            "step": step["label"],
-            "pass": step["pass"],
-            "test_acc": acc,
-            "nonzero_weights": step["weights"]["nonzero_weights"],
-            "weights": step["weights"]["weights"],
-            "bits_per_weight": info.get("bits_per_weight"),
-            "size_bytes": size,
-            "ratio": dense / size if size else None,
-            "seconds": step["seconds"],
+            "step": step["label"], "pass": step["pass"], "test_acc": acc,
+            "nonzero_weights": w["nonzero_weights"], "weights": w["weights"],
+            "bits_per_weight": 8 * size / max(1, w["nonzero_weights"]),
+            "size_bytes": size, "size_is_file": file_bytes is not None, "estimated_bytes": w["estimated_bytes"],
+            "ratio": dense / size, "seconds": step["seconds"],
         })
     return rows
+
+
+def _cells(r: dict) -> list[str]:
+    return [
+        r["step"], r["pass"],
+        "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
+        f"{r['nonzero_weights']:,} ({r['nonzero_weights'] / max(1, r['weights']):.1%})",
+        f"{r['bits_per_weight']:.2f}",
+        fmt_bytes(r["size_bytes"]) + ("" if r["size_is_file"] else " (est.)"),
+        f"{r['ratio']:.1f}x",
+        "" if r["seconds"] is None else f"{r['seconds']:.0f}s",
+    ]
 
 
 def print_summary(report: dict, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     table = Table(title=f"{report['model']} on {report['dataset']}")
-    for col in ("step", "pass", "test_acc", "non-zero weights", "bits/w", "size", "ratio", "time"):
+    for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("step", "pass") else "right")
-    init = report["initial"]
-    table.add_row("(start)", "", "-", f"{init['nonzero_weights']:,}", "32", _fmt_bytes(init["dense_bytes"]), "1.0x", "")
     for r in summary_rows(report):
-        table.add_row(
-            r["step"], r["pass"],
-            "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
-            f"{r['nonzero_weights']:,} ({r['nonzero_weights'] / max(1, r['weights']):.1%})",
-            "-" if r["bits_per_weight"] is None else f"{r['bits_per_weight']:.2f}",
-            _fmt_bytes(r["size_bytes"]),
-            "-" if r["ratio"] is None else f"{r['ratio']:.1f}x",
-            f"{r['seconds']:.0f}s",
-        )
+        table.add_row(*_cells(r))
     console.print(table)
+
+
+def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
+    """``report.md``: the summary table, each step's figures and the figures' links."""
+    lines = [f"# {report['model']} on {report['dataset']}", "", f"Config: `{report['config']}`", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in summary_rows(report)]
+    lines += ["", "Size: the compressed file on disk after a Huffman step, else an estimate of sparse, "
+              "quantized storage (est.). Ratio: dense fp32 parameters over that size.", ""]
+    for step in report["steps"]:
+        simple = {k: v for k, v in step["info"].items() if isinstance(v, (int, float, str, bool)) or v is None}
+        lines.append(f"## {step['label']} ({step['pass']}, {step['seconds']:.1f} s)")
+        lines += [""] + [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in simple.items()] + [""]
+    lines += [f"![{f.stem}]({f.name})" for f in figures]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_figures(report: dict, out: Path, histogram: dict | None = None) -> list[Path]:
+    """The run's PNG figures: per-layer sparsity, accuracy/size per step, weight histogram (if quantized)."""
+    from machop.figures import plot_layer_sparsity, plot_steps, plot_weight_histogram
+
+    final = report["steps"][-1]["weights"] if report["steps"] else report["initial"]
+    figures = [
+        plot_layer_sparsity(final["layers"], out / "sparsity_per_layer.png"),
+        plot_steps(summary_rows(report), report["initial"]["dense_bytes"], out / "accuracy_size_per_step.png"),
+    ]
+    if histogram is not None:
+        figures.append(plot_weight_histogram(**histogram, path=out / "weight_histogram.png"))
+    return figures

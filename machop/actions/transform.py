@@ -19,7 +19,7 @@ from machop.passes.graph import PASS_ARGS, PASSES, READ_ONLY
 from machop.passes.graph.analysis.metadata import add_common_metadata, init_metadata
 from machop.passes.graph.analysis.stats import weight_stats
 
-from .common import build_graph, console, data_module, print_effective, run_dir
+from .common import build_graph, console, data_module, is_rank_zero, print_effective, run_dir
 from .train import KEYS
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,23 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _largest_layer(graph) -> str:
+    return max(graph.layer_nodes(), key=lambda n: graph.module_of(n).weight.numel()).target
+
+
+def _histogram(graph, layer: str, before) -> dict:
+    from machop.passes.graph.transforms.quantize import weight_codes
+
+    module = graph.model.get_submodule(layer)
+    codes = weight_codes(module)
+    return {"before": before, "after": module.weight.detach().clone(), "layer": layer,
+            "centroids": codes.codebook if codes is not None and codes.kind == "kmeans" else None}
+
+
 def transform(config: Config, config_path: str | None, progress: bool = True) -> int:
+    from machop.ir.serialize import save_graph
+    from machop.report import print_summary, write_figures, write_markdown
+
     steps = plan(config)
     dm = data_module(config)
     graph = build_graph(config, dm, progress)
@@ -57,25 +73,32 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
     add_common_metadata(graph)
     print_effective(config, KEYS)
     out = run_dir(config, "transform")
-    (out / "config.toml").write_text(to_toml({k: v for k, v in vars(config).items()}))
+    writer = is_rank_zero()
+    if writer:
+        (out / "config.toml").write_text(to_toml(vars(config)))
     graph.context.output_dir = out
-    from machop.ir.serialize import save_graph
-
     report = {"config": config_path, "run_dir": str(out), "model": config.model, "dataset": config.dataset,
               "initial": weight_stats(graph), "steps": []}
+    before_quantize = None  # the largest layer's weights before the first quantize step, for the histogram
     for i, (label, name, args) in enumerate(steps, 1):
         console.rule(f"[bold]step {i}/{len(steps)}: {label}[/bold] ({name})")
         graph.context.step = label
+        if name == "quantize" and before_quantize is None:
+            layer = _largest_layer(graph)
+            before_quantize = layer, graph.model.get_submodule(layer).weight.detach().clone()
         start = time.perf_counter()
         graph, info = PASSES[name](graph, args)
         step = {"label": label, "pass": name, "seconds": round(time.perf_counter() - start, 2), "info": info,
                 "weights": weight_stats(graph)}
-        if name not in READ_ONLY:
+        if writer and name not in READ_ONLY:
             step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{label}.mz", "mz"))
         report["steps"].append(step)
-        write_json(out / "report.json", report)
-    from machop.report import print_summary
-
-    print_summary(report)
-    console.print(f"Report: {out / 'report.json'}")
+        if writer:
+            write_json(out / "report.json", report)
+    print_summary(report, console)
+    if writer:
+        histogram = _histogram(graph, *before_quantize) if before_quantize else None
+        figures = write_figures(report, out, histogram)
+        write_markdown(report, out / "report.md", figures)
+    console.print(f"Report: {out / 'report.md'}")
     return 0

@@ -1,0 +1,71 @@
+"""Figures of a run (matplotlib, PNG): sparsity per layer, weight histogram with centroids, accuracy and size per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_layer_sparsity(layers: list[dict], path: Path, title: str = "Weight sparsity per layer") -> Path:
+    """Bars of each layer's pruned fraction; ``layers``: dicts with ``name``, ``weights``, ``nonzero``."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(layers) + 2), 3.5))
+    names = [layer["name"] for layer in layers]
+    sparsity = [1 - layer["nonzero"] / max(1, layer["weights"]) for layer in layers]
+    bars = ax.bar(range(len(names)), sparsity, color="#4c72b0")
+    for bar, layer in zip(bars, layers):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{layer['weights']:,}", ha="center",
+                va="bottom", fontsize=7, rotation=90 if len(layers) > 8 else 0)
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("pruned fraction")
+    ax.set_title(title + " (labels: weights per layer)")
+    return _save(fig, path)
+
+
+def plot_weight_histogram(
+    before: torch.Tensor, after: torch.Tensor, centroids: torch.Tensor | None, layer: str, path: Path
+) -> Path:
+    """Non-zero weights of one layer before and after quantization, centroids marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
+    for ax, w, label in ((axes[0], before, "before quantization"), (axes[1], after, "after quantization")):
+        w = w.detach().flatten()
+        w = w[w != 0].cpu().numpy()
+        ax.hist(w, bins=200, color="#4c72b0")
+        ax.set_title(f"{layer}: {label} ({len(w):,} non-zero)")
+        ax.set_xlabel("weight value")
+    if centroids is not None:
+        for c in centroids.detach().cpu().tolist():
+            axes[1].axvline(c, color="#dd8452", linewidth=0.6, alpha=0.8)
+        axes[1].set_title(axes[1].get_title() + f", {len(centroids)} centroids")
+    axes[0].set_ylabel("count")
+    return _save(fig, path)
+
+
+def plot_steps(rows: list[dict], dense_bytes: int, path: Path) -> Path:
+    """Test accuracy and model size after each step (``rows`` from `machop.report.summary_rows`)."""
+    fig, ax1 = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 3.5))
+    labels = [r["step"] for r in rows]
+    acc = [r["test_acc"] if r["test_acc"] is not None else float("nan") for r in rows]
+    ax1.plot(range(len(rows)), acc, "o-", color="#4c72b0", label="test_acc")
+    ax1.set_ylabel("test_acc", color="#4c72b0")
+    ax1.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
+    ax2 = ax1.twinx()
+    size = [r["size_bytes"] / 1024 for r in rows]
+    ax2.bar(range(len(rows)), size, alpha=0.3, color="#dd8452", label="size (KB)")
+    ax2.axhline(dense_bytes / 1024, color="#dd8452", linestyle="--", linewidth=0.8)
+    ax2.set_ylabel("size (KB; dashed: dense fp32)", color="#dd8452")
+    ax2.set_yscale("log")
+    ax1.set_title("Accuracy and size per step")
+    return _save(fig, path)
