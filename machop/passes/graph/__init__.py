@@ -13,6 +13,8 @@ from typing import Callable
 from machop.config import ConfigError
 
 from .analysis.metadata import add_common_metadata, init_metadata
+from .analysis.quantization import summarize_quantization
+from .transforms.quantize import parse_quantize_args, quantize_transform_pass
 from .transforms.train import parse_test_args, parse_train_args, test_pass, train_transform_pass
 
 
@@ -27,6 +29,8 @@ PASSES: dict[str, Callable] = {
     "train": train_transform_pass,
     "retrain": train_transform_pass,  # the seed's name
     "test": test_pass,
+    "quantize": quantize_transform_pass,
+    "summarize_quantization": summarize_quantization,
 }
 
 PASS_ARGS: dict[str, Callable] = {
@@ -35,9 +39,11 @@ PASS_ARGS: dict[str, Callable] = {
     "train": parse_train_args,
     "retrain": parse_train_args,
     "test": parse_test_args,
+    "quantize": parse_quantize_args,
+    "summarize_quantization": _no_args,
 }
 
 # passes that only read the model: `ch transform` writes no checkpoint after them
-READ_ONLY = {"init_metadata", "add_common_metadata", "test"}
+READ_ONLY = {"init_metadata", "add_common_metadata", "test", "summarize_quantization"}
 
-__all__ = ["PASSES", "PASS_ARGS", "train_transform_pass", "test_pass"]
+__all__ = ["PASSES", "PASS_ARGS", "READ_ONLY", "quantize_transform_pass", "train_transform_pass", "test_pass"]

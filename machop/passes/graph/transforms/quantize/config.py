@@ -1,0 +1,185 @@
+"""The ``[passes.quantize]`` table, as MASE writes it, parsed and validated.
+
+.. code-block:: toml
+
+    [passes.quantize]
+    by = "type"                       # "type" | "name" | "regex_name"
+
+    [passes.quantize.default.config]  # layers no other key selects
+    name = "NA"                       # "NA": leave the layer alone
+
+    [passes.quantize.linear.config]   # by = "type": a mase op, "linear" or "conv2d"
+    name = "integer"                  # signed fixed point
+    data_in_width = 8                 # "NA" (both width and frac): input not quantized
+    data_in_frac_width = 4
+    weight_width = 8
+    weight_frac_width = 6
+    bias_width = 8                    # "NA" (both width and frac): bias not quantized
+    bias_frac_width = 4
+
+    [passes.quantize.conv2d.config]
+    name = "kmeans"                   # Deep Compression weight sharing
+    weight_bits = 8                   # optional; default 8 for conv2d, 5 for linear
+    init = "linear"                   # optional; "linear" | "density" | "random"
+    max_iter = 300                    # optional; Lloyd iterations at most
+    tol = 1e-4                        # optional; stop when the squared centroid shift <= tol * var(weights)
+
+The six ``integer`` keys are all required, as MASE writes them; a
+``"NA"`` width/frac pair leaves that tensor (input or bias) in float.
+
+With ``by = "name"`` the keys are fx node names (``features_0``); with
+``by = "regex_name"`` they are regular expressions fully matched against
+node names, the first matching key (in file order) wins. ``default`` is
+optional (absent = ``name = "NA"``). A key that matches no Conv2d/Linear
+node (a ``conv2d`` key on an MLP included) is a `ConfigError` listing the
+valid names or types, raised by the pass (which knows the graph) before it
+changes anything.
+
+Ranges: widths 1..16 bits (see `fixed_point`), frac widths 0..32 and allowed
+to exceed the width; ``weight_bits`` 1..16.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from torch import nn
+
+from machop.config import ConfigError, check_range, from_dict, join
+
+from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH
+from .kmeans import Init
+
+BY = ("type", "name", "regex_name")
+OP_TYPES = ("conv2d", "linear")
+ARITHMETICS = ("integer", "kmeans")
+DEFAULT_KMEANS_BITS = {"conv2d": 8, "linear": 5}  # Deep Compression's choice
+MAX_KMEANS_BITS = 16
+
+
+def _check_pair(cfg, prefix: str, path: str, optional: bool) -> None:
+    width, frac = getattr(cfg, f"{prefix}_width"), getattr(cfg, f"{prefix}_frac_width")
+    if optional and (width is None) != (frac is None):
+        missing = f"{prefix}_frac_width" if frac is None else f"{prefix}_width"
+        raise ConfigError(join(path, missing), f'must be "NA" exactly when {prefix}_width/{prefix}_frac_width is')
+    check_range(width, join(path, f"{prefix}_width"), 1, MAX_WIDTH)
+    check_range(frac, join(path, f"{prefix}_frac_width"), 0, MAX_FRAC_WIDTH)
+
+
+@dataclass
+class IntegerConfig:
+    """Signed fixed point for inputs, weights and biases (``"NA"`` pair: that tensor stays float)."""
+
+    name: Literal["integer"]
+    data_in_width: int | None
+    data_in_frac_width: int | None
+    weight_width: int
+    weight_frac_width: int
+    bias_width: int | None
+    bias_frac_width: int | None
+
+    def validate(self, path: str) -> None:
+        _check_pair(self, "data_in", path, optional=True)
+        _check_pair(self, "weight", path, optional=False)
+        _check_pair(self, "bias", path, optional=True)
+
+
+@dataclass
+class KMeansConfig:
+    """Weight sharing: ``2**weight_bits`` shared values per layer, found by 1-D k-means."""
+
+    name: Literal["kmeans"]
+    weight_bits: int | None = None  # None: DEFAULT_KMEANS_BITS of the layer type
+    init: Init = "linear"
+    max_iter: int = 300
+    tol: float = 1e-4
+
+    def validate(self, path: str) -> None:
+        check_range(self.weight_bits, join(path, "weight_bits"), 1, MAX_KMEANS_BITS)
+        check_range(self.max_iter, join(path, "max_iter"), 1, 100_000)
+        check_range(self.tol, join(path, "tol"), 0.0, float("inf"))
+
+    def bits_for(self, op_type: str) -> int:
+        return self.weight_bits if self.weight_bits is not None else DEFAULT_KMEANS_BITS[op_type]
+
+
+def op_type(module: nn.Module) -> str:
+    """The mase op name a Conv2d/Linear layer is selected by with ``by = "type"``."""
+    return "conv2d" if isinstance(module, nn.Conv2d) else "linear"
+
+
+LayerConfig = Union[IntegerConfig, KMeansConfig, None]  # None: leave the layer alone
+
+
+@dataclass
+class QuantizeArgs:
+    """Validated pass arguments. ``rules`` maps each key (op type, node name or regex) to its config."""
+
+    by: Literal["type", "name", "regex_name"]
+    default: LayerConfig = None
+    rules: dict[str, LayerConfig] = field(default_factory=dict)
+    path: str = "passes.quantize"
+
+    def patterns(self) -> dict[str, re.Pattern]:
+        return {key: re.compile(key) for key in self.rules} if self.by == "regex_name" else {}
+
+
+def parse_layer_config(table: object, path: str) -> LayerConfig:
+    """One ``[... .config]`` table → `IntegerConfig`, `KMeansConfig` or None (``name = "NA"``)."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"must be a table, got {table!r}")
+    if "name" not in table:
+        raise ConfigError(join(path, "name"), f"is required; choose from {', '.join(ARITHMETICS)}, NA")
+    name = table["name"]
+    if name == "NA" or name is None:
+        extra = sorted(k for k in table if k != "name")
+        if extra:
+            raise ConfigError(join(path, extra[0]), 'unknown key: with name = "NA" the layer is left alone')
+        return None
+    if name == "integer":
+        return from_dict(IntegerConfig, table, path)
+    if name == "kmeans":
+        return from_dict(KMeansConfig, table, path)
+    choices = ", ".join(repr(a) for a in ARITHMETICS)
+    raise ConfigError(join(path, "name"), f"must be one of {choices}, 'NA', got {name!r}")
+
+
+def parse_quantize_args(pass_args: dict | None, path: str = "passes.quantize") -> QuantizeArgs:
+    """Validate ``[passes.quantize]`` (never mutating it); raises `ConfigError` naming the key."""
+    if pass_args is None:
+        pass_args = {}
+    if not isinstance(pass_args, dict):
+        raise ConfigError(path, f"must be a table, got {pass_args!r}")
+    if "by" not in pass_args:
+        raise ConfigError(join(path, "by"), f"is required; choose from {', '.join(BY)}")
+    by = pass_args["by"]
+    if by not in BY:
+        raise ConfigError(join(path, "by"), f"must be one of {', '.join(repr(b) for b in BY)}, got {by!r}")
+    args = QuantizeArgs(by=by, path=path)
+    for key, entry in pass_args.items():
+        if key == "by":
+            continue
+        key_path = join(path, key)
+        if not isinstance(entry, dict):
+            raise ConfigError(key_path, f"must be a table with a 'config' table, got {entry!r}")
+        unknown = sorted(set(entry) - {"config"})
+        if unknown:
+            raise ConfigError(join(key_path, unknown[0]), "unknown key; allowed keys: config")
+        if "config" not in entry:
+            raise ConfigError(join(key_path, "config"), "is required")
+        cfg = parse_layer_config(entry["config"], join(key_path, "config"))
+        if key == "default":
+            args.default = cfg
+            continue
+        if by == "type" and key not in OP_TYPES:
+            keys = ", ".join(OP_TYPES)
+            raise ConfigError(key_path, f'unknown op type; with by = "type" the keys are {keys}, default')
+        if by == "regex_name":
+            try:
+                re.compile(key)
+            except re.error as e:
+                raise ConfigError(key_path, f"is not a valid regular expression ({e})") from None
+        args.rules[key] = cfg
+    return args

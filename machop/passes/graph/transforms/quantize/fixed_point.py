@@ -1,0 +1,88 @@
+"""Signed fixed-point arithmetic (MASE's ``integer``): round to nearest, saturate.
+
+A value ``x`` in ``width`` bits with ``frac_width`` fractional bits becomes
+
+    q = clamp(round_half_even(x * 2**frac_width), -2**(width-1), 2**(width-1) - 1)
+    y = q * 2**-frac_width
+
+which is ``torch.fake_quantize_per_tensor_affine(x, 2**-frac_width, 0,
+-2**(width-1), 2**(width-1) - 1)`` element for element (the tests check it).
+Zero maps to zero, so pruned weights stay pruned.
+
+Training uses a straight-through estimator with the same gradient as
+fake_quantize: 1 where the rounded value lies inside ``[qmin, qmax]``, 0
+where it saturates (the mask is taken on the rounded value, as torch does).
+
+``frac_width`` may exceed ``width``: that is legal fixed point (every
+representable value is then smaller than 1/2 in magnitude, with step
+``2**-frac_width``), as in MASE. Negative ``frac_width`` is not supported.
+Widths are capped at 16 bits: up to that, every grid value is exact in
+float32 and the grid (the codebook `weight_codes` hands to the Huffman coder)
+has at most 65536 entries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from machop.ir.serialize import rebuildable
+
+MAX_WIDTH = 16
+MAX_FRAC_WIDTH = 32
+
+
+def fixed_point_range(width: int) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a signed ``width``-bit integer."""
+    return -(2 ** (width - 1)), 2 ** (width - 1) - 1
+
+
+def fixed_point_codes(x: torch.Tensor, width: int, frac_width: int) -> torch.Tensor:
+    """The integers ``q`` (as float, exact) of ``x`` in ``width.frac_width`` fixed point."""
+    qmin, qmax = fixed_point_range(width)
+    return torch.round(x * 2.0**frac_width).clamp_(qmin, qmax)
+
+
+class _FixedPointSTE(torch.autograd.Function):
+    """Forward: fixed-point rounding; backward: pass the gradient where not saturated."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, width: int, frac_width: int) -> torch.Tensor:
+        qmin, qmax = fixed_point_range(width)
+        r = torch.round(x * 2.0**frac_width)
+        ctx.save_for_backward((r >= qmin) & (r <= qmax))
+        return r.clamp(qmin, qmax) * 2.0**-frac_width
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def quantize_fixed_point(x: torch.Tensor, width: int, frac_width: int) -> torch.Tensor:
+    """Fake-quantize ``x`` to signed fixed point (differentiable, straight-through)."""
+    return _FixedPointSTE.apply(x, width, frac_width)
+
+
+@rebuildable
+class FixedPoint(nn.Module):
+    """``x -> quantize_fixed_point(x, width, frac_width)``.
+
+    One class for both uses: a parametrization of a weight or bias (registered
+    after any prune mask) and a module inserted into the fx graph in front of
+    a layer to quantize its input.
+    """
+
+    def __init__(self, width: int, frac_width: int):
+        super().__init__()
+        self.width = int(width)
+        self.frac_width = int(frac_width)
+
+    def spec(self) -> dict:
+        return {"width": self.width, "frac_width": self.frac_width}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_fixed_point(x, self.width, self.frac_width)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, frac_width={self.frac_width}"
