@@ -236,10 +236,16 @@ def load_weights(graph: MaseGraph, path: str | os.PathLike, load_type: str) -> N
 def apply_structure(graph: MaseGraph, structure: dict, state: dict[str, torch.Tensor]) -> None:
     """Re-create inserted modules and parametrization chains on a fresh graph."""
     by_name = {n.name: n for n in graph.nodes}
-    for rec in structure["inserted"]:
-        module = _rebuild(rec["class"], rec["spec"], state, rec["name"] + ".")
-        new = graph.insert_before(by_name[rec["user"]], rec["arg"], rec["name"], module)
-        by_name[new.name] = new
+    pending = list(structure["inserted"])
+    while pending:  # in saved order, but a module feeding another inserted one waits until that one exists
+        ready = [rec for rec in pending if rec["user"] in by_name]
+        if not ready:
+            raise ValueError(f"saved structure inserts before unknown node {pending[0]['user']!r}")
+        for rec in ready:
+            module = _rebuild(rec["class"], rec["spec"], state, rec["name"] + ".")
+            new = graph.insert_before(by_name[rec["user"]], rec["arg"], rec["name"], module)
+            by_name[new.name] = new
+        pending = [rec for rec in pending if not any(rec is r for r in ready)]
     for rec in structure["parametrizations"]:
         module = graph.model.get_submodule(rec["module"])
         for i, p in enumerate(rec["chain"]):

@@ -14,6 +14,7 @@ from machop.config import ConfigError
 
 from .analysis.metadata import add_common_metadata, init_metadata
 from .analysis.quantization import summarize_quantization
+from .transforms.huffman import huffman_decode_pass, huffman_encode_pass, huffman_pass, parse_huffman_args
 from .transforms.quantize import parse_quantize_args, quantize_transform_pass
 from .transforms.train import parse_test_args, parse_train_args, test_pass, train_transform_pass
 
@@ -31,6 +32,9 @@ PASSES: dict[str, Callable] = {
     "test": test_pass,
     "quantize": quantize_transform_pass,
     "summarize_quantization": summarize_quantization,
+    "huffman": huffman_pass,  # the seed's [passes.huffman]: encode, decode, verify
+    "huffman_encode": huffman_encode_pass,
+    "huffman_decode": huffman_decode_pass,
 }
 
 PASS_ARGS: dict[str, Callable] = {
@@ -41,9 +45,15 @@ PASS_ARGS: dict[str, Callable] = {
     "test": parse_test_args,
     "quantize": parse_quantize_args,
     "summarize_quantization": _no_args,
+    "huffman": parse_huffman_args,
+    "huffman_encode": parse_huffman_args,
+    "huffman_decode": parse_huffman_args,
 }
 
 # passes that only read the model: `ch transform` writes no checkpoint after them
-READ_ONLY = {"init_metadata", "add_common_metadata", "test", "summarize_quantization"}
+READ_ONLY = {"init_metadata", "add_common_metadata", "test", "summarize_quantization", "huffman_encode"}
 
-__all__ = ["PASSES", "PASS_ARGS", "READ_ONLY", "quantize_transform_pass", "train_transform_pass", "test_pass"]
+__all__ = [
+    "PASSES", "PASS_ARGS", "READ_ONLY", "huffman_decode_pass", "huffman_encode_pass", "huffman_pass",
+    "quantize_transform_pass", "train_transform_pass", "test_pass",
+]

@@ -1,0 +1,496 @@
+"""A whole model as a Deep Compression file (§4): Huffman-coded sparse quantized weights + raw rest.
+
+Per quantized Conv2d/Linear layer (`weight_codes` is not None) the file
+stores, over the flattened weight:
+
+- the **values**: the code (k-means cluster index, or fixed-point integer
+  code) of every kept weight (``mask`` True, including kept weights equal
+  to 0), in order;
+- the **gaps**: the position of each kept weight relative to the previous
+  one, as ``index_bits``-bit symbols. With ``G = 2**index_bits - 1``, a
+  symbol ``g < G`` means "skip ``g`` positions, the next one holds the next
+  value"; the symbol ``G`` is the *filler*: "skip ``G`` positions, no value".
+  A gap of ``d`` pruned positions is ``d // G`` fillers then ``d % G``.
+  (The paper's filler is a zero stored as a value; a pruned position must
+  stay pruned, so a filler that carries no value is both exact and smaller.)
+- the **codebook** (float32: the centroids, or the fixed-point grid).
+
+Values and gaps are each Huffman-coded with their own canonical table
+(`codec`). Every other state-dict entry (biases, batch norm, masks of
+layers stored raw, inserted modules' buffers) is stored raw, little-endian.
+The JSON header also holds `describe_structure` (registry model name,
+dataset info, parametrization chains, inserted modules) and every state-dict
+key with its shape and dtype, so decoding needs only the model registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from machop.ir import MaseGraph, PassContext
+from machop.ir.serialize import apply_structure, describe_structure
+
+from . import codec
+from .format import CompressedFileError, pack_container, unpack_container
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "machop.huffman"
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+_DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+              torch.int16, torch.int8, torch.uint8, torch.bool)
+}
+if sys.byteorder != "little":  # raw tensors are written in host order
+    raise ImportError("machop's compressed format needs a little-endian host")
+
+
+# --------------------------------------------------------------------------- relative positions
+
+
+def gap_encode(positions: np.ndarray, index_bits: int) -> np.ndarray:
+    """Gap symbols for strictly increasing ``positions`` (see the module docstring)."""
+    filler = (1 << index_bits) - 1
+    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
+    fills = gaps // filler
+    out = np.full(gaps.size + int(fills.sum()), filler, dtype=np.int64)
+    out[np.cumsum(fills + 1) - 1] = gaps - fills * filler
+    return out
+
+
+def gap_decode(symbols: np.ndarray, index_bits: int, numel: int) -> np.ndarray:
+    """Positions from gap symbols; CompressedFileError if they leave ``[0, numel)`` or end in a filler."""
+    filler = (1 << index_bits) - 1
+    if symbols.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if symbols.min() < 0 or symbols.max() > filler or symbols[-1] == filler:
+        raise CompressedFileError("gap stream is corrupt (symbol out of range or trailing filler)")
+    real = symbols != filler
+    positions = (np.cumsum(np.where(real, symbols + 1, filler)) - 1)[real]
+    if positions[-1] >= numel:
+        raise CompressedFileError("gap stream is corrupt (position beyond the weight)")
+    return positions
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"cannot store tensors of dtype {name}")
+    return name
+
+
+def state_signature(model: nn.Module) -> list[list]:
+    """``[key, shape, dtype]`` for every state-dict entry, in state-dict order."""
+    return [[k, list(v.shape), _dtype_name(v.dtype)] for k, v in model.state_dict().items()]
+
+
+def base_signature(signature: list[list], structure: dict) -> list[list]:
+    """The signature of the dense architecture underneath ``structure``.
+
+    ``a.parametrizations.w.original`` becomes ``a.w``; other parametrization
+    tensors and those of inserted modules are dropped.
+    """
+    inserted = tuple(rec["name"] + "." for rec in structure.get("inserted", []))
+    out = []
+    for key, shape, dtype in signature:
+        if inserted and key.startswith(inserted):
+            continue
+        if ".parametrizations." in f".{key}":
+            head, _, tail = f".{key}".partition(".parametrizations.")
+            tensor, _, rest = tail.partition(".")
+            if rest != "original":
+                continue
+            key = f"{head}.{tensor}".lstrip(".")
+        out.append([key, shape, dtype])
+    return out
+
+
+def _same(a: list[list], b: list[list]) -> bool:
+    """Signatures equal as sets of (key, shape, dtype): state-dict order does not matter for loading."""
+    return len(a) == len(b) and {k: (s, d) for k, s, d in a} == {k: (s, d) for k, s, d in b}
+
+
+def _first_mismatch(got: list[list], want: list[list]) -> str:
+    got_map, want_map = {k: (s, d) for k, s, d in got}, {k: (s, d) for k, s, d in want}
+    for key, shape, dtype in want:
+        if key not in got_map:
+            return f"the model has no tensor {key!r}"
+        if got_map[key] != (shape, dtype):
+            s, d = got_map[key]
+            return f"{key!r} is {d}{s} in the model but {dtype}{shape} in the file"
+    for key, _, _ in got:
+        if key not in want_map:
+            return f"the model has a tensor {key!r} that the file does not"
+    return "no difference"
+
+
+def dense_parameter_count(model: nn.Module) -> int:
+    """Float parameters of the dense model: weights and biases, not buffers.
+
+    A parametrized tensor counts once, at its original shape; parameters of
+    parametrizations (k-means centroids) and of modules inserted by passes
+    (any `rebuildable` class) do not count.
+    """
+    from machop.ir.serialize import REBUILDABLE
+
+    total = 0
+    for qualname, module in model.named_modules():
+        if ".parametrizations" in f".{qualname}" or type(module).__name__ in REBUILDABLE:
+            continue
+        tensors = [p for p in module._parameters.values() if p is not None]
+        plists = getattr(module, "parametrizations", None)
+        if isinstance(plists, nn.ModuleDict):
+            tensors += [plist.original for plist in plists.values()]
+        total += sum(t.numel() for t in tensors if t.is_floating_point())
+    return total
+
+
+# --------------------------------------------------------------------------- raw tensors
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    if t.numel() == 0:
+        return b""
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_from(data: bytes, shape: list[int], dtype: str) -> torch.Tensor:
+    dt = _DTYPES[dtype]
+    if not data:
+        return torch.zeros(shape, dtype=dt)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(shape).clone()
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=_DTYPES[dtype]).element_size()
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _coded_layers(graph: MaseGraph, allow_raw: bool) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """(qualname, node name, WeightCodes) of each quantized Conv2d/Linear; qualnames stored raw."""
+    from machop.passes.graph.transforms.quantize import weight_codes
+
+    node_of = {n.target: n.name for n in graph.nodes if n.op == "call_module"}
+    coded, raw = [], []
+    for qualname, module in graph.model.named_modules():
+        if not isinstance(module, LAYER_TYPES):
+            continue
+        codes = weight_codes(module)
+        node = node_of.get(qualname, qualname)
+        if codes is None:
+            if not allow_raw:
+                raise ValueError(
+                    f"huffman_encode: layer {node} ({type(module).__name__.removeprefix('Parametrized')}) is not "
+                    "quantized; run the quantize pass first (prune → quantize → huffman), or set allow_raw = true "
+                    "to store it uncompressed"
+                )
+            raw.append(qualname)
+            continue
+        coded.append((qualname, node, codes))
+    return coded, raw
+
+
+def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False) -> tuple[bytes, dict]:
+    """The compressed file of ``graph`` as bytes, and a report (per layer and total).
+
+    Raises ValueError naming the first Conv2d/Linear layer that is not
+    quantized, unless ``allow_raw``.
+    """
+    if not 1 <= index_bits <= 16:
+        raise ValueError(f"index_bits must be in [1, 16], got {index_bits}")
+    structure = describe_structure(graph)
+    coded, raw_layers = _coded_layers(graph, allow_raw)
+    state = graph.model.state_dict()
+    signature = state_signature(graph.model)
+    coded_prefixes = tuple(f"{q}.parametrizations.weight." for q, _, _ in coded)
+    raw_keys = [k for k in state if not k.startswith(coded_prefixes)]
+    sections: list[tuple[str, bytes]] = [("raw", b"".join(_tensor_bytes(state[k]) for k in raw_keys))]
+    layers, rows = [], []
+    v_total = g_total = 0
+    for qualname, node, wc in coded:
+        codes = wc.codes.detach().cpu().reshape(-1).numpy()
+        mask = wc.mask.detach().cpu().reshape(-1).numpy()
+        codebook = wc.codebook.detach().cpu().to(torch.float32).contiguous()
+        positions = np.flatnonzero(mask)
+        values = codes[positions].astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() >= codebook.numel()):
+            raise ValueError(f"huffman_encode: layer {node} has codes outside its codebook of {codebook.numel()}")
+        v_stream = codec.encode(values)
+        g_stream = codec.encode(gap_encode(positions, index_bits))
+        book = _tensor_bytes(codebook)
+        sections.append((f"layer:{qualname}", v_stream.data() + g_stream.data() + book))
+        layers.append({
+            "name": qualname, "node": node, "shape": list(wc.codes.shape), "kind": wc.kind, "bits": int(wc.bits),
+            "codebook_size": int(codebook.numel()), "nnz": int(positions.size),
+            "values": v_stream.meta(), "gaps": g_stream.meta(),
+        })
+        v_bits, g_bits = v_stream.nbits + v_stream.sync_bits, g_stream.nbits + g_stream.sync_bits
+        v_total, g_total = v_total + v_bits, g_total + g_bits
+        nnz = int(positions.size)
+        rows.append({
+            "layer": node, "kind": wc.kind, "bits": int(wc.bits), "numel": int(mask.size), "nnz": nnz,
+            "density": nnz / mask.size if mask.size else 0.0,
+            "bits_per_weight": v_bits / nnz if nnz else 0.0,  # Huffman-coded value bits per kept weight
+            "bits_per_index": g_bits / nnz if nnz else 0.0,  # Huffman-coded relative-position bits per kept weight
+            "entropy_per_weight": _entropy(values), "gap_symbols": int(g_stream.count),
+            "bytes": v_stream.nbytes + g_stream.nbytes + len(book),
+            "dense_bytes": 4 * int(mask.size),
+        })
+    dense_params = dense_parameter_count(graph.model)
+    header = {
+        "format": FORMAT_NAME,
+        "structure": structure,
+        "tensors": signature,
+        "raw": raw_keys,
+        "index_bits": index_bits,
+        "dense_params": dense_params,
+        "layers": layers,
+    }
+    data = pack_container(header, sections)
+    total_nnz = sum(r["nnz"] for r in rows)
+    report = {
+        "index_bits": index_bits,
+        "layers": rows,
+        "raw_layers": raw_layers,
+        "total": {
+            "file_bytes": len(data),
+            "dense_params": dense_params,
+            "dense_bytes": 4 * dense_params,
+            "ratio": 4 * dense_params / len(data),
+            "bits_per_parameter": 8 * len(data) / dense_params if dense_params else 0.0,  # whole file / dense params
+            "coded_weights": total_nnz,
+            "bits_per_weight": v_total / total_nnz if total_nnz else 0.0,
+            "bits_per_index": g_total / total_nnz if total_nnz else 0.0,
+            "layer_bytes": sum(r["bytes"] for r in rows),
+            "raw_bytes": len(sections[0][1]),
+            "header_bytes": len(data) - sum(len(d) for _, d in sections),
+        },
+    }
+    return data, report
+
+
+def _entropy(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    p = np.unique(values, return_counts=True)[1] / values.size
+    return float(-(p * np.log2(p)).sum())
+
+
+# --------------------------------------------------------------------------- decode
+
+
+class _Decoded:
+    """A checked, fully decoded file: everything needed to load it, nothing touched yet."""
+
+    def __init__(self, data: bytes, name: str):
+        header, sections = unpack_container(data, name)
+        self.name = name
+        if header.get("format") != FORMAT_NAME:
+            raise CompressedFileError(f"{name}: not a machop Huffman model file (format {header.get('format')!r})")
+        try:
+            self.structure: dict = header["structure"]
+            self.signature: list[list] = [[str(k), [int(x) for x in s], str(d)] for k, s, d in header["tensors"]]
+            self.raw_keys: list[str] = list(header["raw"])
+            self.index_bits = int(header["index_bits"])
+            self.layers: list[dict] = list(header["layers"])
+            self.model_name = str(self.structure["model"])
+            self.dataset_info = dict(self.structure["dataset_info"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CompressedFileError(f"{name}: malformed header ({type(e).__name__}: {e})") from None
+        if any(d not in _DTYPES for _, _, d in self.signature):
+            raise CompressedFileError(f"{name}: malformed header (unknown dtype)")
+        self.sections = sections
+
+    def fail(self, message: str) -> CompressedFileError:
+        return CompressedFileError(f"{self.name}: {message}")
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], list[tuple[str, Any]]]:
+        """(state dict with placeholders for coded tensors, [(qualname, WeightCodes)])."""
+        from machop.passes.graph.transforms.quantize import WeightCodes
+
+        sig = {k: (s, d) for k, s, d in self.signature}
+        self._shapes = {k: s for k, (s, _) in sig.items()}
+        raw = self.sections.get("raw")
+        if raw is None or any(k not in sig for k in self.raw_keys):
+            raise self.fail("raw section or raw keys missing")
+        sizes = [_nbytes(*sig[k]) for k in self.raw_keys]
+        if sum(sizes) != len(raw):
+            raise self.fail(f"raw section has {len(raw)} bytes, expected {sum(sizes)}")
+        state: dict[str, torch.Tensor] = {}
+        at = 0
+        for key, size in zip(self.raw_keys, sizes):
+            state[key] = _tensor_from(raw[at : at + size], *sig[key])
+            at += size
+        codes = []
+        for rec in self.layers:
+            try:
+                codes.append((rec["name"], self._layer(rec, WeightCodes)))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                if isinstance(e, CompressedFileError):
+                    raise
+                raise self.fail(f"a layer record is malformed ({type(e).__name__}: {e})") from None
+        prefixes = tuple(f"{q}.parametrizations.weight." for q, _ in codes)
+        for key, shape, dtype in self.signature:
+            if key not in state:
+                if not key.startswith(prefixes):
+                    raise self.fail(f"tensor {key!r} is neither stored raw nor coded")
+                state[key] = torch.zeros(shape, dtype=_DTYPES[dtype])
+        return state, codes
+
+    def _layer(self, rec: dict, WeightCodes: type) -> Any:
+        name = rec["name"]
+        data = self.sections.get(f"layer:{name}")
+        if data is None:
+            raise self.fail(f"section of layer {name!r} missing")
+        shape = [int(s) for s in rec["shape"]]
+        numel = int(np.prod(shape, dtype=np.int64))
+        k = int(rec["codebook_size"])
+        v_meta, g_meta = rec["values"], rec["gaps"]
+        recorded = self._shapes.get(f"{name}.parametrizations.weight.original")
+        if recorded != shape:
+            raise self.fail(f"layer {name!r} has shape {shape} but its tensor is recorded as {recorded}")
+        if not int(rec["nnz"]) == int(v_meta["count"]) <= numel or int(g_meta["count"]) > numel:
+            raise self.fail(f"layer {name!r}: symbol counts do not fit the weight")
+        v_len = _stream_bytes(v_meta)
+        g_len = _stream_bytes(g_meta)
+        if len(data) != v_len + g_len + 4 * k or k < 1:
+            raise self.fail(f"section of layer {name!r} has {len(data)} bytes, expected {v_len + g_len + 4 * k}")
+        values = codec.decode(codec.EncodedStream.from_parts(v_meta, data[:v_len]))
+        gaps = codec.decode(codec.EncodedStream.from_parts(g_meta, data[v_len : v_len + g_len]))
+        positions = gap_decode(gaps, self.index_bits, numel)
+        if positions.size != values.size or values.size != int(rec["nnz"]):
+            raise self.fail(f"layer {name!r}: {positions.size} positions for {values.size} values")
+        if values.size and (values.min() < 0 or values.max() >= k):
+            raise self.fail(f"layer {name!r}: codes outside the codebook")
+        codebook = _tensor_from(data[v_len + g_len :], [k], "float32")
+        flat_codes = np.zeros(numel, dtype=np.int64)
+        flat_codes[positions] = values
+        flat_mask = np.zeros(numel, dtype=bool)
+        flat_mask[positions] = True
+        return WeightCodes(
+            codes=torch.from_numpy(flat_codes).reshape(shape), codebook=codebook,
+            mask=torch.from_numpy(flat_mask).reshape(shape), bits=int(rec["bits"]), kind=str(rec["kind"]),
+        )
+
+    def fresh_graph(self, context: PassContext | None, state: dict[str, torch.Tensor]) -> MaseGraph:
+        """The registry model with the file's structure re-created; architecture checked."""
+        from machop.datasets import DatasetInfo
+        from machop.models import MODELS, get_model
+
+        if self.model_name not in MODELS:
+            raise self.fail(f"model {self.model_name!r} is not in this machop's registry")
+        info = DatasetInfo(**self.dataset_info)
+        context = context if context is not None else PassContext()
+        context.model_name, context.dataset_info = self.model_name, info
+        graph = MaseGraph(get_model(self.model_name, info), context=context)
+        base = state_signature(graph.model)
+        if not _same(base, base_signature(self.signature, self.structure)):
+            raise self.fail(
+                f"{self.model_name} in this machop differs from the file's: "
+                + _first_mismatch(base, base_signature(self.signature, self.structure))
+            )
+        try:
+            apply_structure(graph, self.structure, state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self.fail(f"cannot re-create the model's structure ({type(e).__name__}: {e})") from None
+        return graph
+
+    def load_into(self, graph: MaseGraph, state: dict[str, torch.Tensor], codes: list[tuple[str, Any]]) -> None:
+        from machop.passes.graph.transforms.quantize import load_weight_codes
+
+        got = state_signature(graph.model)
+        if not _same(got, self.signature):
+            raise self.fail("model does not match the file: " + _first_mismatch(got, self.signature))
+        graph.model.load_state_dict(state, strict=True)
+        for qualname, wc in codes:
+            load_weight_codes(graph.model.get_submodule(qualname), wc)
+
+
+def _stream_bytes(meta: dict) -> int:
+    count, nbits, block, width = int(meta["count"]), int(meta["nbits"]), int(meta["block"]), int(meta["sync_width"])
+    if block < 1:
+        raise ValueError("block < 1")
+    return (nbits + 7) // 8 + ((max(1, -(-count // block)) - 1) * width + 7) // 8
+
+
+def decode_model(
+    data: bytes, graph: MaseGraph | None = None, name: str = "compressed file", context: PassContext | None = None
+) -> MaseGraph:
+    """Load a compressed file (``data``: its bytes) into ``graph``, or into a new graph if None.
+
+    - ``graph`` None: the registry model named in the file is built and
+      given the file's structure (`load_compressed`), with ``context`` (a
+      new one by default) as its context.
+    - ``graph`` with the file's exact state-dict layout (e.g. the graph
+      that was encoded): loaded in place.
+    - ``graph`` of the same dense architecture but another structure (e.g.
+      a fresh, unpruned model): a new graph is built as for None, keeping
+      ``graph.context`` and ``graph.dummy_input``.
+    - anything else: CompressedFileError naming the first mismatching
+      tensor, raised before any weight is touched.
+
+    The file is fully checked and decoded before any weight changes.
+    Returns the graph that holds the decoded model.
+    """
+    decoded = _Decoded(data, name)
+    if graph is not None:
+        got = state_signature(graph.model)
+        if not _same(got, decoded.signature):
+            want_base = base_signature(decoded.signature, decoded.structure)
+            got_base = base_signature(got, _inserted_structure(graph))
+            ctx_name = graph.context.model_name
+            if ctx_name is not None and ctx_name != decoded.model_name:
+                raise decoded.fail(f"file holds a {decoded.model_name}, the graph is a {ctx_name}")
+            if not _same(got_base, want_base):
+                raise decoded.fail("model architecture does not match the file: " + _first_mismatch(got_base, want_base))
+    state, codes = decoded.tensors()
+    if graph is None or not _same(state_signature(graph.model), decoded.signature):
+        fresh = decoded.fresh_graph(graph.context if graph is not None else context, state)
+        if graph is not None:
+            fresh.dummy_input = graph.dummy_input
+            device = _device_of(graph.model)
+            fresh.model.to(device)
+        graph = fresh
+    decoded.load_into(graph, state, codes)
+    return graph
+
+
+def _inserted_structure(graph: MaseGraph) -> dict:
+    """The names of modules inserted into ``graph`` by passes: all `base_signature` needs."""
+    from machop.ir.serialize import REBUILDABLE
+
+    inserted = [{"name": n.target} for n in graph.nodes
+                if n.op == "call_module" and type(graph.module_of(n)).__name__ in REBUILDABLE]
+    return {"inserted": inserted}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def file_header(data: bytes, name: str = "compressed file") -> dict:
+    """The checked JSON header of a compressed file (for tools and reports)."""
+    return unpack_container(data, name)[0]
+
+
+__all__ = [
+    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "state_signature",
+    "base_signature", "dense_parameter_count", "file_header",
+]

@@ -1,0 +1,162 @@
+"""The Huffman passes: write the compressed file, read it back, or both with a bit-exact check.
+
+```toml
+[passes.huffman]
+is_huffman = true      # false: skip (the seed's switch)
+index_bits = 5         # width of a relative position (gap) symbol, 1..16; a longer gap uses fillers
+allow_raw = false      # true: store Conv2d/Linear layers that are not quantized uncompressed instead of failing
+path = "NA"            # file to write/read; default: <graph.context.output_dir>/model.mchz
+verify = true          # huffman: check the decoded model's outputs equal the encoded one's, bit for bit
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from machop.config import ConfigError, check_range, from_dict, join
+from machop.ir import MaseGraph, PassContext
+
+from .format import write_atomic
+from .model import decode_model, encode_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FILENAME = "model.mchz"
+
+
+@dataclass
+class HuffmanArgs:
+    """``[passes.huffman]`` (also ``huffman_encode`` / ``huffman_decode``)."""
+
+    is_huffman: bool = True
+    index_bits: int = 5
+    allow_raw: bool = False
+    path: str | None = None
+    verify: bool = True
+
+    def validate(self, path: str) -> None:
+        check_range(self.index_bits, join(path, "index_bits"), 1, 16)
+        if self.path is not None and not self.path.strip():
+            raise ConfigError(join(path, "path"), "must be a file path or \"NA\", got an empty string")
+
+
+def parse_huffman_args(pass_args: dict | None, path: str = "passes.huffman") -> HuffmanArgs:
+    """Validate a ``[passes.huffman]`` table (unknown keys are errors); ``pass_args`` is not modified."""
+    return from_dict(HuffmanArgs, pass_args, path)
+
+
+def compressed_path(graph: MaseGraph, args: HuffmanArgs, path: str = "passes.huffman") -> Path:
+    """``args.path``, else ``<graph.context.output_dir>/model.mchz``."""
+    if args.path is not None:
+        return Path(args.path)
+    if graph.context.output_dir is None:
+        raise ConfigError(
+            join(path, "path"),
+            "no file given and graph.context.output_dir is not set; set one of them (./ch transform sets output_dir)",
+        )
+    return Path(graph.context.output_dir) / DEFAULT_FILENAME
+
+
+def huffman_encode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
+    """Write the Deep Compression file of ``graph`` (atomically) and report its size.
+
+    ``info``: ``path``, ``file_bytes`` (size on disk), ``layers`` (per layer:
+    nnz, bits per weight, bits per index, bytes, ...) and ``total`` (dense
+    fp32 bytes = 4 x float parameters of the dense model, weights and
+    biases; ``ratio`` = dense bytes / file bytes). The graph is unchanged.
+    """
+    args = parse_huffman_args(pass_args, "passes.huffman_encode")
+    if not args.is_huffman:
+        return graph, {"is_huffman": False}
+    return graph, _encode(graph, args, "passes.huffman_encode")
+
+
+def huffman_decode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
+    """Load a compressed file into ``graph`` (see `decode_model` for when a new graph is returned)."""
+    args = parse_huffman_args(pass_args, "passes.huffman_decode")
+    if not args.is_huffman:
+        return graph, {"is_huffman": False}
+    return _decode(graph, compressed_path(graph, args, "passes.huffman_decode"))
+
+
+def huffman_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
+    """``[passes.huffman]``: encode, decode back, and (``verify``) check outputs are bit-identical.
+
+    The check runs the model in eval mode on ``graph.dummy_input``, or on a
+    fixed random batch shaped by ``graph.context.dataset_info``. ``info`` is
+    the encode info plus ``verified``.
+    """
+    args = parse_huffman_args(pass_args, "passes.huffman")
+    if not args.is_huffman:
+        return graph, {"is_huffman": False}
+    batch = _check_batch(graph) if args.verify else None
+    before = _outputs(graph, batch) if batch is not None else None
+    info = _encode(graph, args, "passes.huffman")
+    graph, _ = _decode(graph, Path(info["path"]))
+    info["verified"] = False
+    if before is not None:
+        after = _outputs(graph, batch)
+        if not torch.equal(before, after):
+            diff = (before.float() - after.float()).abs().max().item()
+            raise RuntimeError(f"huffman: the decoded model's outputs differ from the encoded model's (max |diff| {diff})")
+        info["verified"] = True
+    return graph, info
+
+
+def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
+    target = compressed_path(graph, args, key_path)
+    data, report = encode_model(graph, index_bits=args.index_bits, allow_raw=args.allow_raw)
+    write_atomic(target, data)
+    file_bytes = os.path.getsize(target)
+    total = report["total"]
+    logger.info("wrote %s: %d bytes, %.1fx smaller than dense fp32 (%d bytes); %.2f bits/weight + %.2f bits/index",
+                target, file_bytes, total["ratio"], total["dense_bytes"], total["bits_per_weight"],
+                total["bits_per_index"])
+    return {"is_huffman": True, "path": str(target), "file_bytes": file_bytes, **report}
+
+
+def _decode(graph: MaseGraph, source: Path) -> tuple[MaseGraph, dict]:
+    if not source.is_file():
+        raise FileNotFoundError(f"huffman_decode: no compressed file at {source}")
+    graph = decode_model(source.read_bytes(), graph, name=str(source))
+    return graph, {"is_huffman": True, "path": str(source), "file_bytes": os.path.getsize(source)}
+
+
+def load_compressed(path: str | os.PathLike, context: PassContext | None = None) -> MaseGraph:
+    """A MaseGraph rebuilt from a compressed file alone (the model comes from the registry).
+
+    ``context`` (default: a new one) gets the file's model name and dataset info.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return decode_model(path.read_bytes(), None, name=str(path), context=context)
+
+
+def _check_batch(graph: MaseGraph) -> torch.Tensor | None:
+    if isinstance(graph.dummy_input, torch.Tensor):
+        return graph.dummy_input
+    info = graph.context.dataset_info
+    if info is None:
+        logger.warning("huffman: no dummy_input and no dataset_info; outputs not compared")
+        return None
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, info.in_channels, *info.image_size, generator=g)
+
+
+@torch.no_grad()
+def _outputs(graph: MaseGraph, batch: torch.Tensor) -> torch.Tensor:
+    model = graph.model
+    training = model.training
+    model.eval()
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return model(batch.to(device)).detach().cpu()
+    finally:
+        model.train(training)
