@@ -74,6 +74,7 @@ def build_graph(config: Config, dm, progress: bool = True) -> MaseGraph:
         if graph.context.model_name != config.model:
             raise ConfigError("load_name", f"{config.load_name} holds a {graph.context.model_name}, not {config.model}")
         graph.context = ctx
+        ctx.loaded_from = config.load_name
     graph.dummy_input = dm.dummy_input(2)
     return graph
 

@@ -39,6 +39,7 @@ class PassContext:
     limit_train_batches: float | int = 1.0
     progress_bar: bool = True
     step: str | None = None  # label of the pass being run (names its checkpoint folder)
+    loaded_from: str | None = None  # the checkpoint the model was loaded from (None: freshly initialised)
 
     def require_data(self, pass_name: str):
         """The data module, or a clear error saying how to provide one."""

@@ -10,6 +10,8 @@ Seed-compatible config::
     [passes.retrain]            # or [passes.train]; any label with pass = "train"
     load_name = "NA"            # optional checkpoint whose weights are loaded first
     load_type = "pl"
+    baseline = false            # true: skip training (just evaluate) when the run loaded its model (load_name)
+    test = true                 # evaluate on the test split afterwards (test_acc, test_loss in info)
     [passes.retrain.training]
     max_epochs = 1
     optimizer = "adam"          # adam | sgd | adamw
@@ -80,6 +82,7 @@ class TrainArgs:
     load_name: str | None = None
     load_type: Literal["pl", "pt", "mz"] | None = None
     test: bool = True  # evaluate on the test split after training
+    baseline: bool = False  # this step trains the dense baseline: skipped (only evaluated) when the run loaded one
 
     def validate(self, path: str) -> None:
         if self.load_name is not None and self.load_type is None:
@@ -135,6 +138,9 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     """
     args = parse_train_args(pass_args)
     data = graph.context.require_data("train")
+    if args.baseline and graph.context.loaded_from is not None:
+        logger.info("baseline loaded from %s: not training it again", graph.context.loaded_from)
+        return graph, {"skipped": True, **evaluate(graph, data, settings_from_context(graph, args))}
     if args.load_name is not None:
         from machop.ir.serialize import load_weights
 
