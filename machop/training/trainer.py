@@ -98,6 +98,7 @@ def fit(graph, data_module, s: TrainSettings) -> dict:
         ckpt = ModelCheckpoint(dirpath=s.checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1)
         callbacks.append(ckpt)
     trainer = build_trainer(s, callbacks)
+    module.train()  # a model left in eval mode (e.g. by a notebook) would train its batch norms wrongly
     trainer.fit(module, datamodule=data_module)
     if best.state is not None:
         graph.model.load_state_dict(best.state)

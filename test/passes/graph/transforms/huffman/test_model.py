@@ -312,7 +312,9 @@ def test_huffman_pass_checks_outputs(tmp_path, monkeypatch):
     graph = tiny_graph(tmp_path)
     graph.dummy_input = torch.randn(3, 1, 4, 4)
     out, info = huffman_pass(graph, {"index_bits": 4})
-    assert out is graph and info["verified"] and info["path"] == str(tmp_path / DEFAULT_FILENAME)
+    # the pass returns the model rebuilt from the file alone, on the same context
+    assert out is not graph and out.context is graph.context
+    assert info["verified"] and info["path"] == str(tmp_path / DEFAULT_FILENAME)
     assert info["file_bytes"] == os.path.getsize(info["path"]) and info["index_bits"] == 4
     graph.context.output_dir = None
     with pytest.raises(ConfigError, match="passes.huffman.path"):
@@ -321,8 +323,8 @@ def test_huffman_pass_checks_outputs(tmp_path, monkeypatch):
 
     from machop.passes.graph.transforms.huffman import passes
 
-    def broken(data, g, name):  # a decoder that loses a bias: the check must notice
-        g = decode_model(data, g, name)
+    def broken(data, g, name, **kwargs):  # a decoder that loses a bias: the check must notice
+        g = decode_model(data, g, name, **kwargs)
         with torch.no_grad():
             g.model.fc3.bias.add_(1e-3)
         return g
