@@ -1,0 +1,45 @@
+"""Every shipped config parses, validates, and names only layers its model has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from machop.actions.transform import plan
+from machop.config import load_config
+from machop.datasets import get_dataset_info
+from machop.ir import MaseGraph
+from machop.models import get_model
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "examples").glob("*.toml"))
+
+
+def test_the_examples_are_there():
+    names = {p.name for p in CONFIGS}
+    for required in ("lenet5_fashion_mnist_deep_compression.toml", "lenet300_fashion_mnist_deep_compression.toml",
+                     "resnet18_colored_fashion_mnist_deep_compression.toml", "vgg_cifar10_prune_retrain.toml",
+                     "prune_retrain_group3.toml"):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_validates(path):
+    config = load_config(path)
+    steps = plan(config)  # every [passes.*] table through its pass's validator
+    assert steps
+    layers = {n.name for n in MaseGraph(get_model(config.model, get_dataset_info(config.dataset))).layer_nodes()}
+    for label, name, table in steps:
+        if name != "prune":
+            continue
+        for kind in ("weight", "activation"):
+            sub = table.get(kind, {})
+            sparsity = sub.get("sparsity")
+            named = set(sparsity) - {"default"} if isinstance(sparsity, dict) else set()
+            named |= set(sub.get("exclude", []))
+            assert named <= layers, f"{path.name} [passes.{label}.{kind}] names {named - layers}"
+
+
+def test_iterative_pruning_is_shown():
+    config = load_config(next(p for p in CONFIGS if p.name == "lenet5_fashion_mnist_deep_compression.toml"))
+    assert [name for _, name, _ in plan(config)].count("prune") >= 2
