@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ("step", "pass", "test_acc", "non-zero weights", "bits/weight", "size", "ratio", "time")
+COLUMNS = ("step", "test_acc", "non-zero", "kept", "bits/w", "size", "ratio", "time")
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -28,13 +29,16 @@ def summary_rows(report: dict) -> list[dict]:
     estimate (`machop.passes.graph.analysis.stats.weight_stats`); ``ratio`` is
     dense fp32 over that size, ``bits_per_weight`` size in bits over non-zero weights.
     """
+    from machop.passes.graph import READ_ONLY
+
     dense = report["initial"]["dense_bytes"]
     start = {"label": "(start)", "pass": "", "info": {}, "weights": report["initial"], "seconds": None}
-    rows, acc = [], report.get("initial_test_acc")
+    rows, acc, file_bytes = [], None, None
     for step in [start] + report["steps"]:
         info, w = step["info"], step["weights"]
         acc = info.get("test_acc", acc)
-        file_bytes = info.get("file_bytes")
+        # a compressed file stays the model's size until a later step changes the model
+        file_bytes = info.get("file_bytes", file_bytes if step["pass"] in READ_ONLY else None)
         size = file_bytes or w["estimated_bytes"]
         rows.append({
             "step": step["label"], "pass": step["pass"], "test_acc": acc,
@@ -48,11 +52,12 @@ def summary_rows(report: dict) -> list[dict]:
 
 def _cells(r: dict) -> list[str]:
     return [
-        r["step"], r["pass"],
+        r["step"],
         "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
-        f"{r['nonzero_weights']:,} ({r['nonzero_weights'] / max(1, r['weights']):.1%})",
+        f"{r['nonzero_weights']:,}",
+        f"{r['nonzero_weights'] / max(1, r['weights']):.1%}",
         f"{r['bits_per_weight']:.2f}",
-        fmt_bytes(r["size_bytes"]) + ("" if r["size_is_file"] else " (est.)"),
+        fmt_bytes(r["size_bytes"]) + ("" if r["size_is_file"] else "*"),
         f"{r['ratio']:.1f}x",
         "" if r["seconds"] is None else f"{r['seconds']:.0f}s",
     ]
@@ -60,12 +65,14 @@ def _cells(r: dict) -> list[str]:
 
 def print_summary(report: dict, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
-    table = Table(title=f"{report['model']} on {report['dataset']}")
+    table = Table(title=f"{report['model']} on {report['dataset']}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in COLUMNS:
-        table.add_column(col, justify="left" if col in ("step", "pass") else "right")
+        table.add_column(col, justify="left" if col == "step" else "right", no_wrap=True)
     for r in summary_rows(report):
         table.add_row(*_cells(r))
     console.print(table)
+    console.print("size: the compressed file on disk; * an estimate of sparse, quantized storage before Huffman coding. "
+                  "ratio: dense fp32 parameters over size.")
 
 
 def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
@@ -73,8 +80,8 @@ def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
     lines = [f"# {report['model']} on {report['dataset']}", "", f"Config: `{report['config']}`", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in summary_rows(report)]
-    lines += ["", "Size: the compressed file on disk after a Huffman step, else an estimate of sparse, "
-              "quantized storage (est.). Ratio: dense fp32 parameters over that size.", ""]
+    lines += ["", "size: the compressed file on disk; * an estimate of sparse, quantized storage before Huffman "
+              "coding. ratio: dense fp32 parameters over size. bits/w: size in bits per non-zero weight.", ""]
     for step in report["steps"]:
         simple = {k: v for k, v in step["info"].items() if isinstance(v, (int, float, str, bool)) or v is None}
         lines.append(f"## {step['label']} ({step['pass']}, {step['seconds']:.1f} s)")

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from .module import MaseLightningModule, strip_prefix, structure_json
+from .module import MaseLightningModule, structure_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +116,3 @@ def evaluate(graph, data_module, s: TrainSettings, stage: str = "test") -> dict:
     run = trainer.test if stage == "test" else trainer.validate
     (results,) = run(module, datamodule=data_module, verbose=False)
     return {k: float(v) for k, v in results.items()}
-
-
-def load_lightning_state(payload: dict) -> tuple[dict[str, torch.Tensor], str | None]:
-    """(state dict without the ``model.`` prefix, structure JSON or None) of a ``.ckpt`` payload."""
-    return strip_prefix(payload["state_dict"]), payload.get("machop_structure")
