@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 ACTIONS = {
     "setup": "install dependencies and the Fashion-MNIST data (apt + pip); fast when done already",

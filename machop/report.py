@@ -8,6 +8,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from machop.files import atomic_write
+
 COLUMNS = ("step", "test_acc", "non-zero", "kept", "bits/w", "size", "ratio", "time")
 
 
@@ -87,8 +89,7 @@ def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
         lines.append(f"## {step['label']} ({step['pass']}, {step['seconds']:.1f} s)")
         lines += [""] + [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in simple.items()] + [""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write(path, "\n".join(lines) + "\n")
 
 
 def write_figures(report: dict, out: Path, histogram: dict | None = None) -> list[Path]:

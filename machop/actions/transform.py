@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 
 from machop.config import Config, ConfigError, to_toml
+from machop.files import atomic_write
 from machop.passes.graph import PASS_ARGS, PASSES, READ_ONLY
 from machop.passes.graph.analysis.metadata import add_common_metadata, init_metadata
 from machop.passes.graph.analysis.stats import weight_stats
@@ -39,14 +37,6 @@ def plan(config: Config) -> list[tuple[str, str, dict]]:
     if not steps:
         raise ConfigError("passes", "no [passes.*] table: nothing to do")
     return steps
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def _largest_layer(graph) -> str:
@@ -75,7 +65,7 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
     out = run_dir(config, "transform")
     writer = is_rank_zero()
     if writer:
-        (out / "config.toml").write_text(to_toml(vars(config)))
+        atomic_write(out / "config.toml", to_toml(vars(config)))
     graph.context.output_dir = out
     report = {"config": config_path, "run_dir": str(out), "model": config.model, "dataset": config.dataset,
               "initial": weight_stats(graph), "steps": []}
@@ -94,7 +84,7 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
             step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{label}.mz", "mz"))
         report["steps"].append(step)
         if writer:
-            write_json(out / "report.json", report)
+            atomic_write(out / "report.json", json.dumps(report, indent=2, default=str))
     print_summary(report, console)
     if writer:
         histogram = _histogram(graph, *before_quantize) if before_quantize else None

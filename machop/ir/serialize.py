@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from machop.files import atomic_write
 
 from .graph import MaseGraph, PassContext
 
@@ -110,22 +111,7 @@ def save_graph(graph: MaseGraph, path: str | os.PathLike, load_type: str = "mz")
     if load_type == "mz":
         meta = {n.name: n.meta.get("mase", {}) for n in graph.nodes}
         payload["meta"] = json.dumps(meta, default=str)
-    return atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_payload(path: str | os.PathLike) -> dict:

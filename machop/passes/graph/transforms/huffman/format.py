@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
+
+from machop.files import atomic_write
 
 MAGIC = b"\x89MCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode transfers
 VERSION = 1
@@ -114,19 +115,7 @@ def unpack_container(data: bytes | bytearray | memoryview, name: str = "compress
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, data)
 
 
 def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
