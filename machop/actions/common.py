@@ -51,6 +51,7 @@ def context(config: Config, dm, progress: bool) -> PassContext:
         weight_decay=config.weight_decay,
         max_epochs=config.max_epochs,
         limit_train_batches=config.limit_train_batches,
+        log_every_n_steps=config.log_every_n_steps,
         progress_bar=progress,
     )
 

@@ -37,6 +37,7 @@ class PassContext:
     weight_decay: float = 0.0
     max_epochs: int = 1
     limit_train_batches: float | int = 1.0
+    log_every_n_steps: int = 50
     progress_bar: bool = True
     step: str | None = None  # label of the pass being run (names its checkpoint folder)
     loaded_from: str | None = None  # the checkpoint the model was loaded from (None: freshly initialised)

@@ -119,6 +119,7 @@ def settings_from_context(graph: MaseGraph, args: TrainArgs | None = None) -> Tr
         strategy=ctx.strategy,
         num_nodes=ctx.num_nodes,
         limit_train_batches=ctx.limit_train_batches,
+        log_every_n_steps=ctx.log_every_n_steps,
         seed=ctx.seed,
         progress_bar=ctx.progress_bar,
     )
