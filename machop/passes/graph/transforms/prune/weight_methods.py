@@ -140,6 +140,31 @@ def _is_channel_wise_module(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and len(module) == 0
 
 
+def _channel_flow(n: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """How channels pass node ``n``: "consumer" (a Conv2d/Linear reads them), "flatten", "through"
+    (channel-preserving), "ignore" (shape queries), or None (unknown op or the model output)."""
+    if n.op == "call_module":
+        m = modules[n.target]
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return "consumer"
+        if isinstance(m, nn.Flatten):
+            return "flatten"
+        return "through" if _is_channel_wise_module(m) else None
+    if n.op == "call_function":
+        if n.target is getattr:
+            return "ignore"
+        if n.target in _FLATTEN_FUNCTIONS:
+            return "flatten"
+        return "through" if n.target in _CHANNEL_WISE_FUNCTIONS else None
+    if n.op == "call_method":
+        if n.target in _SHAPE_ONLY_METHODS:
+            return "ignore"
+        if n.target in _FLATTEN_METHODS:
+            return "flatten"
+        return "through" if n.target in _CHANNEL_WISE_METHODS else None
+    return None
+
+
 def downstream_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[tuple[fx.Node, bool]] | None:
     """The Conv2d/Linear nodes that read ``node``'s output channels, each with whether it was flattened on the way.
 
@@ -154,39 +179,13 @@ def downstream_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[t
         if (n.name, flat) in seen:
             continue
         seen.add((n.name, flat))
-        if n.op == "call_module":
-            m = modules[n.target]
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                found.append((n, flat))
-                continue
-            if isinstance(m, nn.Flatten):
-                stack.extend((u, True) for u in n.users)
-                continue
-            if _is_channel_wise_module(m):
-                stack.extend((u, flat) for u in n.users)
-                continue
+        flow = _channel_flow(n, modules)
+        if flow is None:
             return None
-        if n.op == "call_function":
-            if n.target is getattr:
-                continue
-            if n.target in _FLATTEN_FUNCTIONS:
-                stack.extend((u, True) for u in n.users)
-                continue
-            if n.target in _CHANNEL_WISE_FUNCTIONS:
-                stack.extend((u, flat) for u in n.users)
-                continue
-            return None
-        if n.op == "call_method":
-            if n.target in _SHAPE_ONLY_METHODS:
-                continue
-            if n.target in _FLATTEN_METHODS:
-                stack.extend((u, True) for u in n.users)
-                continue
-            if n.target in _CHANNEL_WISE_METHODS:
-                stack.extend((u, flat) for u in n.users)
-                continue
-            return None
-        return None  # output, or anything else
+        if flow == "consumer":
+            found.append((n, flat))
+        elif flow in ("flatten", "through"):
+            stack.extend((u, flat or flow == "flatten") for u in n.users)
     return found or None
 
 
