@@ -45,22 +45,18 @@ def select_layers(graph: MaseGraph, args: QuantizeArgs) -> list[tuple[fx.Node, L
     nodes = graph.layer_nodes()
     patterns = args.patterns()
 
-    def key_of(node: fx.Node) -> str | None:
+    def matches(key: str, node: fx.Node) -> bool:
         if args.by == "type":
-            key = op_type(graph.module_of(node))
-            return key if key in args.rules else None
+            return op_type(graph.module_of(node)) == key
         if args.by == "name":
-            return node.name if node.name in args.rules else None
-        return next((k for k, p in patterns.items() if p.fullmatch(node.name)), None)
+            return node.name == key
+        return patterns[key].fullmatch(node.name) is not None
+
+    def key_of(node: fx.Node) -> str | None:  # the first key in file order
+        return next((k for k in args.rules if matches(k, node)), None)
 
     for key in args.rules:
-        if args.by == "type":
-            hit = any(op_type(graph.module_of(n)) == key for n in nodes)
-        elif args.by == "name":
-            hit = any(n.name == key for n in nodes)
-        else:
-            hit = any(patterns[key].fullmatch(n.name) for n in nodes)
-        if not hit:
+        if not any(matches(key, n) for n in nodes):
             if args.by == "type":
                 valid = f"valid types: {', '.join(sorted({op_type(graph.module_of(n)) for n in nodes})) or 'none'}"
             else:
