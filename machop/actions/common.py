@@ -45,7 +45,6 @@ def context(config: Config, dm, progress: bool) -> PassContext:
         strategy=config.strategy,
         num_nodes=config.num_nodes,
         seed=config.seed,
-        batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,

@@ -31,7 +31,6 @@ class PassContext:
     strategy: str = "auto"
     num_nodes: int = 1
     seed: int = 0
-    batch_size: int = 128
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0

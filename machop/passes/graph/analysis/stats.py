@@ -37,6 +37,27 @@ def layer_stats(graph: MaseGraph) -> list[dict]:
     return rows
 
 
+def dense_parameter_count(model: nn.Module) -> int:
+    """Float parameters of the dense model: weights and biases, not buffers.
+
+    A parametrized tensor counts once, at its original shape; parameters of
+    parametrizations (k-means centroids) and of modules inserted by passes
+    (any `rebuildable` class) do not count.
+    """
+    from machop.ir.serialize import REBUILDABLE
+
+    total = 0
+    for qualname, module in model.named_modules():
+        if ".parametrizations" in f".{qualname}" or type(module).__name__ in REBUILDABLE:
+            continue
+        tensors = [p for p in module._parameters.values() if p is not None]
+        plists = getattr(module, "parametrizations", None)
+        if isinstance(plists, nn.ModuleDict):
+            tensors += [plist.original for plist in plists.values()]
+        total += sum(t.numel() for t in tensors if t.is_floating_point())
+    return total
+
+
 def weight_stats(graph: MaseGraph) -> dict:
     """``params``, ``weights``, ``nonzero_weights``, ``sparsity``, ``dense_bytes``, ``estimated_bytes``, ``layers``.
 
@@ -49,17 +70,7 @@ def weight_stats(graph: MaseGraph) -> dict:
     parameter at fp32. Buffers (batch-norm statistics) are not counted.
     """
     layers = layer_stats(graph)
-    layer_modules = {id(graph.module_of(n)) for n in graph.layer_nodes()}
-    params = other = 0
-    for qualname, module in graph.model.named_modules():
-        if ".parametrizations." in f".{qualname}.":
-            continue  # masks, codebooks: storage details of the tensor they parametrize
-        names = {n for n, _ in module.named_parameters(recurse=False)} | set(getattr(module, "parametrizations", {}))
-        for name in names:
-            n = getattr(module, name).numel()
-            params += n
-            if not (name == "weight" and id(module) in layer_modules):
-                other += n
+    params = dense_parameter_count(graph.model)
     weights = sum(r["weights"] for r in layers)
     nonzero = sum(r["nonzero"] for r in layers)
     return {
@@ -68,6 +79,7 @@ def weight_stats(graph: MaseGraph) -> dict:
         "nonzero_weights": nonzero,
         "sparsity": 1 - nonzero / weights if weights else 0.0,
         "dense_bytes": 4 * params,
-        "estimated_bytes": (sum(r["estimated_bits"] for r in layers) + 32 * other) / 8,
+        # every parameter but the layer weights stays fp32
+        "estimated_bytes": (sum(r["estimated_bits"] for r in layers) + 32 * (params - weights)) / 8,
         "layers": layers,
     }

@@ -35,6 +35,7 @@ from torch import nn
 
 from machop.ir import MaseGraph, PassContext
 from machop.ir.serialize import apply_structure, describe_structure
+from machop.passes.graph.analysis.stats import dense_parameter_count
 
 from . import codec
 from .format import CompressedFileError, pack_container, unpack_container
@@ -132,27 +133,6 @@ def _first_mismatch(got: list[list], want: list[list]) -> str:
         if key not in want_map:
             return f"the model has a tensor {key!r} that the file does not"
     return "no difference"
-
-
-def dense_parameter_count(model: nn.Module) -> int:
-    """Float parameters of the dense model: weights and biases, not buffers.
-
-    A parametrized tensor counts once, at its original shape; parameters of
-    parametrizations (k-means centroids) and of modules inserted by passes
-    (any `rebuildable` class) do not count.
-    """
-    from machop.ir.serialize import REBUILDABLE
-
-    total = 0
-    for qualname, module in model.named_modules():
-        if ".parametrizations" in f".{qualname}" or type(module).__name__ in REBUILDABLE:
-            continue
-        tensors = [p for p in module._parameters.values() if p is not None]
-        plists = getattr(module, "parametrizations", None)
-        if isinstance(plists, nn.ModuleDict):
-            tensors += [plist.original for plist in plists.values()]
-        total += sum(t.numel() for t in tensors if t.is_floating_point())
-    return total
 
 
 # --------------------------------------------------------------------------- raw tensors
