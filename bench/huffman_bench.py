@@ -34,7 +34,8 @@ from machop.models import get_model
 from machop.passes.graph.transforms.huffman import codec
 from machop.passes.graph.transforms.huffman.model import encode_model, gap_encode
 from machop.passes.graph.transforms.prune import prune_transform_pass
-from machop.passes.graph.transforms.quantize import quantize_transform_pass, weight_codes
+from machop.nn import weight_codes
+from machop.passes.graph.transforms.quantize import quantize_transform_pass
 
 
 def streams(sparsity: float, index_bits: int, seed: int, weight_bits: int | None = None

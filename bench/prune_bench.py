@@ -83,7 +83,8 @@ def _child(impl: str, scope: str, sparsity: float, repeats: int, mode: str) -> d
     from machop.datasets import get_dataset_info
     from machop.ir import MaseGraph
     from machop.models import get_model
-    from machop.passes.graph.transforms.prune import get_mask, prune_transform_pass
+    from machop.nn import get_mask
+    from machop.passes.graph.transforms.prune import prune_transform_pass
 
     torch.manual_seed(0)
     info = get_dataset_info("cifar10")

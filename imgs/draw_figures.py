@@ -112,9 +112,9 @@ def _quantize_detail(table: dict) -> tuple[str, bool]:
             continue
         if cfg["name"] == "kmeans":
             kmeans = True
-            from machop.passes.graph.transforms.quantize.config import DEFAULT_KMEANS_BITS
+            from machop.nn import KIND_NAMES
 
-            bits = cfg.get("weight_bits", DEFAULT_KMEANS_BITS.get(key, "?"))
+            bits = cfg.get("weight_bits", KIND_NAMES[key].kmeans_bits if key in KIND_NAMES else "?")
             parts.append(f"{key}: k-means, {bits} bits")
         else:
             parts.append(f"{key}: {cfg['name']} {cfg.get('weight_width', '?')}-bit")
@@ -290,7 +290,7 @@ def demo_graph(data: bool = False):
 
     torch.manual_seed(SEED)
     graph = MaseGraph(DemoNet())
-    graph.context.seed = SEED
+    graph.context.training.seed = SEED
     if data:
         graph.context.data_module = FakeDataModule()
     return graph
@@ -328,7 +328,8 @@ def weight_method_list() -> list[tuple[str, str, str]]:
 def draw_weight_wise(out_dir: str | Path, sparsity: float = SPARSITY) -> list[tuple[str, str, str]]:
     """``weight_wise.png``: conv1's mask after the real prune pass, per weight method; returns the panels drawn."""
     from machop.passes.graph import PASSES
-    from machop.passes.graph.transforms.prune import WEIGHT_METHODS, get_mask
+    from machop.nn import get_mask
+    from machop.passes.graph.transforms.prune import WEIGHT_METHODS
 
     combos = list(WEIGHT_METHODS)
     cols = max(len(m) for m in WEIGHT_METHODS.values())
@@ -419,7 +420,7 @@ def activation_method_list() -> list[tuple[str, str, str]]:
 
 def _conv2_input(graph, sample: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """``(before, after)`` of the ActivationPrune module in front of conv2 for one sample (C, H, W)."""
-    from machop.passes.graph.transforms.prune import ActivationPrune
+    from machop.nn import ActivationPrune
 
     conv2 = next(n for n in graph.layer_nodes() if n.target == "conv2")
     source = conv2.args[0]

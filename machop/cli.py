@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+
+from machop.config import ConfigError, choices
 
 ACTIONS = {
     "setup": "install dependencies and the Fashion-MNIST data (apt + pip); fast when done already",
@@ -20,15 +23,15 @@ RUN_OPTIONS: dict[str, tuple[type | None, str]] = {
     "--model": (str, "model name (lenet300, lenet5, vgg7, resnet18)"),
     "--dataset": (str, "dataset name (fashion_mnist, mnist, colored_mnist, colored_fashion_mnist, cifar10)"),
     "--load": (str, "checkpoint to load (Config key load_name)"),
-    "--load-type": (str, "pl | pt | mz | huffman"),
+    "--load-type": (str, " | ".join(choices("load_type"))),
     "--batch-size": (int, "batch size"),
     "--max-epochs": (int, "training epochs"),
     "--learning-rate": (float, "learning rate"),
-    "--optimizer": (str, "adam | sgd | adamw"),
+    "--optimizer": (str, " | ".join(choices("optimizer"))),
     "--weight-decay": (float, "weight decay"),
-    "--accelerator": (str, "auto | cpu | gpu | cuda | mps"),
+    "--accelerator": (str, " | ".join(choices("accelerator"))),
     "--devices": (None, "number of devices, or auto"),
-    "--strategy": (str, "auto | ddp | ddp_spawn | fsdp (Lightning strategies)"),
+    "--strategy": (str, " | ".join(choices("strategy"))),
     "--num-nodes": (int, "number of nodes"),
     "--num-workers": (int, "data loader workers"),
     "--seed": (int, "random seed"),
@@ -90,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         from machop.actions.setup import setup
 
         return setup(dev=args.dev)
-    from machop.actions import run_action
+    overrides = overrides_from_args(args)
+    try:
+        from machop.actions import run_action  # imports torch: not before `ch setup` has installed it
 
-    return run_action(args.action, args.config, overrides_from_args(args), progress=not args.no_progress)
+        return run_action(args.action, args.config, overrides, progress=not args.no_progress)
+    except ConfigError as e:
+        options = {opt[2:].replace("-", "_"): opt for opt in RUN_OPTIONS} | {"load_name": "--load"}
+        if overrides.get(e.key) is not None and e.key in options:
+            e = ConfigError(options[e.key], e.message)  # name the option the user typed
+        print(f"ch {args.action}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ch {args.action}: interrupted", file=sys.stderr)
+        return 130

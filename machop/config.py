@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 
 class ConfigError(ValueError):
@@ -132,7 +132,8 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(join(path, unknown[0]), f"unknown key; allowed keys: {', '.join(sorted(fields))}")
+        allowed = f"allowed keys: {', '.join(sorted(fields))}" if fields else "this pass takes no options"
+        raise ConfigError(join(path, unknown[0]), f"unknown key; {allowed}")
     kwargs = {f.name: convert(hints[f.name], data[key], join(path, key)) for key, f in fields.items() if key in data}
     missing = [
         key for key, f in fields.items()
@@ -144,6 +145,16 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     if hasattr(obj, "validate"):
         obj.validate(path)
     return obj
+
+
+@dataclass
+class NoOptions:
+    """The arguments of a pass that takes none: any key is an error."""
+
+
+def pass_path(step: str | None, default: str) -> str:
+    """The TOML path of the running step's table (``passes.prune_2``), or ``default`` outside `ch transform`."""
+    return f"passes.{step}" if step else default
 
 
 def check_range(value: float | int | None, path: str, lo: float, hi: float, *, hi_open: bool = False) -> None:
@@ -158,60 +169,110 @@ def check_range(value: float | int | None, path: str, lo: float, hi: float, *, h
 # --------------------------------------------------------------------------- the run config
 
 
+Optimizer = Literal["adam", "sgd", "adamw"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Strategy = Literal["auto", "ddp", "ddp_spawn", "fsdp", "ddp_find_unused_parameters_true"]
+
+
 @dataclass
-class Config:
-    """Top-level keys, named as MASE names them. ``passes`` keeps file order."""
+class TrainSettings:
+    """The one set of training settings: the run's top-level keys, overridden per train step.
+
+    A train step's ``[passes.X.training]`` table may override
+    `TRAINING_KEYS`, its ``[passes.X.trainer]`` table `TRAINER_KEYS`
+    (`override`); the command line's choices come from the same annotations.
+    """
+
+    TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("max_epochs", "optimizer", "learning_rate", "weight_decay", "batch_size")
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = (
+        "max_epochs", "accelerator", "devices", "strategy", "num_nodes", "limit_train_batches", "log_every_n_steps",
+    )
+
+    batch_size: int = 128
+    max_epochs: int = 5
+    learning_rate: float = 1e-3
+    optimizer: Optimizer = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    accelerator: Accelerator = "auto"
+    devices: int | str = 1
+    strategy: Strategy = "auto"
+    num_nodes: int = 1
+    limit_train_batches: float | int = 1.0
+    log_every_n_steps: int = 50
+
+    def validate(self, path: str) -> None:
+        check_range(self.batch_size, join(path, "batch_size"), 1, 1 << 20)
+        check_range(self.max_epochs, join(path, "max_epochs"), 1, 10_000)
+        check_range(self.num_nodes, join(path, "num_nodes"), 1, 1 << 16)
+        check_range(self.log_every_n_steps, join(path, "log_every_n_steps"), 1, float("inf"))
+        if not 0 < self.learning_rate <= 10:
+            raise ConfigError(join(path, "learning_rate"), f"must be in (0, 10], got {self.learning_rate}")
+        check_range(self.weight_decay, join(path, "weight_decay"), 0.0, 1.0)
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError(join(path, "devices"), f"must be a positive integer or 'auto', got {self.devices!r}")
+        if isinstance(self.devices, int):
+            check_range(self.devices, join(path, "devices"), 1, 1024)
+
+    def override(self, table: Any, keys: tuple[str, ...], path: str) -> "TrainSettings":
+        """A copy with the keys of ``table`` (a TOML table; only ``keys`` allowed) replaced, validated."""
+        if table is None:
+            return self
+        if not isinstance(table, dict):
+            raise ConfigError(path, f"must be a table, got {table!r}")
+        unknown = sorted(set(table) - set(keys))
+        if unknown:
+            raise ConfigError(join(path, unknown[0]), f"unknown key; allowed keys: {', '.join(sorted(keys))}")
+        hints = typing.get_type_hints(TrainSettings)
+        values = {k: convert(hints[k], v, join(path, k)) for k, v in table.items()}
+        values = {k: v for k, v in values.items() if v is not None}
+        dataclasses.replace(TrainSettings(), **values).validate(path)  # name the key of this table
+        return dataclasses.replace(self, **values)
+
+
+def choices(field_name: str) -> tuple[str, ...]:
+    """The allowed values of a ``Literal`` field of `Config` (for command-line help)."""
+    tp = typing.get_type_hints(Config)[field_name]
+    if typing.get_origin(tp) in (Union, types.UnionType):  # Optional[Literal[...]]
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return typing.get_args(tp)
+
+
+@dataclass
+class Config(TrainSettings):
+    """Top-level keys, named as MASE names them. ``passes`` keeps file order.
+
+    The training keys are `TrainSettings`'s; `training` returns them alone.
+    Model and dataset names are checked against the registries by the
+    actions, which know them.
+    """
 
     model: str = "lenet5"
     dataset: str = "fashion_mnist"
     task: Literal["classification", "cls"] = "classification"
     load_name: str | None = None
     load_type: Literal["pl", "pt", "mz", "huffman"] | None = None
-    batch_size: int = 128
-    max_epochs: int = 5
-    learning_rate: float = 1e-3
-    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
-    weight_decay: float = 0.0
-    seed: int = 0
     project: str = "default"
     project_dir: str = "mase_output"
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | str = 1
-    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "ddp_find_unused_parameters_true"] = "auto"
-    num_nodes: int = 1
     num_workers: int = 0
     data_dir: str | None = None
     val_fraction: float = 0.1
-    limit_train_batches: float | int = 1.0
-    log_every_n_steps: int = 50
     passes: dict[str, dict] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
-        from machop.datasets import DATASETS
-        from machop.models import MODELS
-
-        if self.model not in MODELS:
-            raise ConfigError(join(path, "model"), f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
-        if self.dataset not in DATASETS:
-            raise ConfigError(
-                join(path, "dataset"), f"unknown dataset {self.dataset!r}; choose from {', '.join(sorted(DATASETS))}"
-            )
-        for key in ("batch_size", "max_epochs", "num_nodes"):
-            check_range(getattr(self, key), join(path, key), 1, float("inf"))
+        super().validate(path)
         check_range(self.num_workers, join(path, "num_workers"), 0, 256)
         check_range(self.val_fraction, join(path, "val_fraction"), 0.0, 1.0, hi_open=True)
-        if not self.learning_rate > 0:
-            raise ConfigError(join(path, "learning_rate"), f"must be > 0, got {self.learning_rate}")
-        check_range(self.weight_decay, join(path, "weight_decay"), 0.0, float("inf"))
-        if isinstance(self.devices, str) and self.devices != "auto":
-            raise ConfigError(join(path, "devices"), f"must be a positive integer or 'auto', got {self.devices!r}")
-        if isinstance(self.devices, int):
-            check_range(self.devices, join(path, "devices"), 1, 1024)
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz, huffman")
         for label, table in self.passes.items():
             if not isinstance(table, dict):
                 raise ConfigError(join("passes", label), "must be a table")
+
+    @property
+    def training(self) -> TrainSettings:
+        """The training settings of the run."""
+        return TrainSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings)})
 
 
 def read_toml(path: str | os.PathLike) -> dict:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from machop.files import atomic_write
+from machop.passes.graph import REGISTRY
 
 COLUMNS = ("step", "test_acc", "non-zero", "kept", "bits/w", "size", "ratio", "time")
 
@@ -31,8 +32,6 @@ def summary_rows(report: dict) -> list[dict]:
     estimate (`machop.passes.graph.analysis.stats.weight_stats`); ``ratio`` is
     dense fp32 over that size, ``bits_per_weight`` size in bits over non-zero weights.
     """
-    from machop.passes.graph import READ_ONLY
-
     dense = report["initial"]["dense_bytes"]
     start = {"label": "(start)", "pass": "", "info": {}, "weights": report["initial"], "seconds": None}
     rows, acc, file_bytes = [], None, None
@@ -40,7 +39,8 @@ def summary_rows(report: dict) -> list[dict]:
         info, w = step["info"], step["weights"]
         acc = info.get("test_acc", acc)
         # a compressed file stays the model's size until a later step changes the model
-        file_bytes = info.get("file_bytes", file_bytes if step["pass"] in READ_ONLY else None)
+        changes_model = step["pass"] in REGISTRY and REGISTRY[step["pass"]].changes_model
+        file_bytes = info.get("file_bytes", None if changes_model else file_bytes)
         size = file_bytes or w["estimated_bytes"]
         rows.append({
             "step": step["label"], "pass": step["pass"], "test_acc": acc,

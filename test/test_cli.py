@@ -34,7 +34,7 @@ CASES = [
     ("wrong-type", 'batch_size = "big"\n' + TRAIN_TABLE, [], "batch_size: must be an integer, got 'big'"),
     ("out-of-range-option", TRAIN_TABLE, ["--max-epochs", "0"], "--max-epochs: must be in [1,"),
     ("bad-choice-option", TRAIN_TABLE, ["--optimizer", "rmsprop"], "--optimizer: must be one of 'adam', 'sgd', 'adamw'"),
-    ("bad-learning-rate", "learning_rate = -0.1\n" + TRAIN_TABLE, [], "learning_rate: must be > 0"),
+    ("bad-learning-rate", "learning_rate = -0.1\n" + TRAIN_TABLE, [], "learning_rate: must be in (0, 10]"),
     ("unknown-pass", "[passes.compress]\nlevel = 3\n", [], "passes.compress: unknown pass 'compress'; choose from"),
     ("unknown-pass-name", '[passes.step2]\npass = "trian"\n', [], "passes.step2.pass: unknown pass 'trian'"),
     ("unknown-pass-key", "[passes.train.training]\nepochs = 3\n", [], "passes.train.training.epochs: unknown key"),

@@ -6,19 +6,22 @@ import os
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from machop.config import Config, ConfigError
+from machop.datasets import DATASETS, MaseDataModule
 from machop.ir import MaseGraph, PassContext
+from machop.ir.serialize import load_model
+from machop.models import MODELS, get_model
+from machop.passes.graph.transforms.huffman import load_compressed
 
 console = Console(highlight=False, soft_wrap=True)
 
 
 def data_module(config: Config):
     """The set-up data module; missing or bad files are a ConfigError naming where to put them."""
-    from machop.datasets import MaseDataModule
-
     dm = MaseDataModule(
         config.dataset,
         batch_size=config.batch_size,
@@ -35,40 +38,36 @@ def data_module(config: Config):
     return dm
 
 
+def check_names(config: Config) -> None:
+    """The config's model and dataset must be in the registries."""
+    if config.model not in MODELS:
+        raise ConfigError("model", f"unknown model {config.model!r}; choose from {', '.join(sorted(MODELS))}")
+    if config.dataset not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {config.dataset!r}; choose from {', '.join(sorted(DATASETS))}")
+
+
 def context(config: Config, dm, progress: bool) -> PassContext:
     return PassContext(
-        data_module=dm,
-        model_name=config.model,
-        dataset_info=dm.info,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        strategy=config.strategy,
-        num_nodes=config.num_nodes,
-        seed=config.seed,
-        learning_rate=config.learning_rate,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        max_epochs=config.max_epochs,
-        limit_train_batches=config.limit_train_batches,
-        log_every_n_steps=config.log_every_n_steps,
-        progress_bar=progress,
+        data_module=dm, model_name=config.model, dataset_info=dm.info, training=config.training, progress_bar=progress
     )
+
+
+def load(config: Config, ctx: PassContext, info) -> MaseGraph:
+    """The graph of ``config.load_name`` (any load type, the compressed ``huffman`` one included)."""
+    if config.load_type == "huffman":
+        return load_compressed(config.load_name, context=ctx)
+    return load_model(config.load_name, config.load_type, model_name=config.model, dataset_info=info, context=ctx)
 
 
 def build_graph(config: Config, dm, progress: bool = True) -> MaseGraph:
     """A MaseGraph of the config's model: loaded from ``load_name`` if given, else freshly initialised."""
-    import torch
-
-    from machop.ir.serialize import load_model
-    from machop.models import get_model
-
     torch.manual_seed(config.seed)
     ctx = context(config, dm, progress)
     if config.load_name is None:
         graph = MaseGraph(get_model(config.model, dm.info), context=ctx)
     else:
         try:
-            graph = load_model(config.load_name, config.load_type, config.model, dm.info, ctx)
+            graph = load(config, ctx, dm.info)
         except (FileNotFoundError, ValueError, OSError) as e:
             raise ConfigError("load_name", str(e).splitlines()[0]) from None
         if graph.context.model_name != config.model:

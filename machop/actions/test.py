@@ -5,8 +5,6 @@ from __future__ import annotations
 from machop.config import Config, ConfigError
 from machop.training import evaluate
 
-from machop.passes.graph.transforms.train.train import settings_from_context
-
 from .common import build_graph, console, data_module, print_effective
 
 
@@ -16,7 +14,7 @@ def test(config: Config, progress: bool = True) -> int:
     dm = data_module(config)
     graph = build_graph(config, dm, progress)
     print_effective(config, ["model", "dataset", "load_name", "load_type", "batch_size", "accelerator", "seed"])
-    result = evaluate(graph, dm, settings_from_context(graph))
+    result = evaluate(graph.model, dm, config.training, progress=progress)
     console.print(f"test_acc {result['test_acc']:.4f}")
     console.print(f"test_loss {result['test_loss']:.4f}")
     return 0

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from machop.config import Config
-from machop.passes.graph.transforms.train.train import settings_from_context
 from machop.training import fit
 
 from .common import build_graph, console, data_module, print_effective, run_dir
@@ -19,7 +16,7 @@ def train(config: Config, progress: bool = True) -> int:
     graph = build_graph(config, dm, progress)
     print_effective(config, KEYS)
     out = run_dir(config, "train")
-    result = fit(graph, dm, replace(settings_from_context(graph), checkpoint_dir=out / "checkpoints"))
+    result = fit(graph.model, dm, config.training, out / "checkpoints", progress)
     console.print(f"val_acc {result['best_val_acc']:.4f} (best epoch), {result['world_size']} process(es)")
     console.print(f"Best checkpoint: {result['checkpoint']}")
     console.print(f"Test it: ./ch test --model {config.model} --dataset {config.dataset} "

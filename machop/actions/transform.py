@@ -13,9 +13,12 @@ import time
 
 from machop.config import Config, ConfigError, to_toml
 from machop.files import atomic_write
-from machop.passes.graph import PASS_ARGS, PASSES, READ_ONLY
+from machop.ir.serialize import save_graph
+from machop.nn import Weight, weight_codes
+from machop.passes.graph import REGISTRY
 from machop.passes.graph.analysis.metadata import add_common_metadata, init_metadata
 from machop.passes.graph.analysis.stats import weight_stats
+from machop.report import print_summary, write_figures, write_markdown
 
 from .common import build_graph, console, data_module, is_rank_zero, print_effective, run_dir
 from .train import KEYS
@@ -24,41 +27,48 @@ logger = logging.getLogger(__name__)
 
 
 def plan(config: Config) -> list[tuple[str, str, dict]]:
-    """``(label, pass name, table)`` per step, validated; the ``pass`` key is taken out of the table."""
+    """``(label, pass name, table)`` per step, each table validated; the ``pass`` key is taken out of the table."""
     steps = []
     for label, table in config.passes.items():
         name = table.get("pass", label)
-        if not isinstance(name, str) or name not in PASSES:
+        if not isinstance(name, str) or name not in REGISTRY:
             key = f"passes.{label}.pass" if "pass" in table else f"passes.{label}"
-            raise ConfigError(key, f"unknown pass {name!r}; choose from {', '.join(sorted(PASSES))}")
+            raise ConfigError(key, f"unknown pass {name!r}; choose from {', '.join(sorted(REGISTRY))}")
         args = {k: v for k, v in table.items() if k != "pass"}
-        PASS_ARGS[name](args, f"passes.{label}")
+        REGISTRY[name].parse(args, f"passes.{label}")
         steps.append((label, name, args))
     if not steps:
         raise ConfigError("passes", "no [passes.*] table: nothing to do")
     return steps
 
 
-def _largest_layer(graph) -> str:
-    return max(graph.layer_nodes(), key=lambda n: graph.module_of(n).weight.numel()).target
+def check_plan(graph, steps: list[tuple[str, str, dict]]) -> None:
+    """Run every step's check against the graph as built, before step 1: a bad name fails in seconds."""
+    earlier: list[str] = []
+    for label, name, table in steps:
+        entry = REGISTRY[name]
+        if entry.check is not None:
+            path = f"passes.{label}"
+            entry.check(graph, entry.parse(table, path), path, earlier)
+        earlier.append(name)
 
 
-def _histogram(graph, layer: str, before) -> dict:
-    from machop.passes.graph.transforms.quantize import weight_codes
+def _largest_weight(graph) -> Weight:
+    return max(graph.weights(), key=lambda w: w.stored().numel())
 
-    module = graph.model.get_submodule(layer)
-    codes = weight_codes(module)
-    return {"before": before, "after": module.weight.detach().clone(), "layer": layer,
+
+def _histogram(graph, name: str, before) -> dict:
+    w = next(w for w in graph.weights() if w.name == name)
+    codes = weight_codes(w.module, w.tensor_name)
+    return {"before": before, "after": w.value().clone(), "layer": name,
             "centroids": codes.codebook if codes is not None and codes.kind == "kmeans" else None}
 
 
 def transform(config: Config, config_path: str | None, progress: bool = True) -> int:
-    from machop.ir.serialize import save_graph
-    from machop.report import print_summary, write_figures, write_markdown
-
     steps = plan(config)
     dm = data_module(config)
     graph = build_graph(config, dm, progress)
+    check_plan(graph, steps)
     init_metadata(graph)
     add_common_metadata(graph)
     print_effective(config, KEYS)
@@ -73,14 +83,14 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
     for i, (label, name, args) in enumerate(steps, 1):
         console.rule(f"[bold]step {i}/{len(steps)}: {label}[/bold] ({name})")
         graph.context.step = label
-        if name == "quantize" and before_quantize is None:
-            layer = _largest_layer(graph)
-            before_quantize = layer, graph.model.get_submodule(layer).weight.detach().clone()
+        if name == "quantize" and before_quantize is None and graph.weights():
+            largest = _largest_weight(graph)
+            before_quantize = largest.name, largest.value().clone()
         start = time.perf_counter()
-        graph, info = PASSES[name](graph, args)
+        graph, info = REGISTRY[name].fn(graph, args)
         step = {"label": label, "pass": name, "seconds": round(time.perf_counter() - start, 2), "info": info,
                 "weights": weight_stats(graph)}
-        if writer and name not in READ_ONLY:
+        if writer and REGISTRY[name].changes_model:
             step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{label}.mz", "mz"))
         report["steps"].append(step)
         if writer:

@@ -1,6 +1,6 @@
-"""The intermediate representation: a traced model plus metadata."""
+"""The intermediate representation: a traced model plus metadata, and its files."""
 
-from .graph import MaseGraph, PassContext
-from .serialize import load_graph, rebuildable, save_graph
+from .graph import GraphTraceError, MaseGraph, PassContext
+from .serialize import ArchitectureMismatch, load_graph, save_graph
 
-__all__ = ["MaseGraph", "PassContext", "load_graph", "save_graph", "rebuildable"]
+__all__ = ["ArchitectureMismatch", "GraphTraceError", "MaseGraph", "PassContext", "load_graph", "save_graph"]

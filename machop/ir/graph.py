@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.fx as fx
 from torch import nn
+
+from machop.config import TrainSettings
+from machop.nn import Weight, compressible_weights
 
 logger = logging.getLogger(__name__)
 
@@ -19,36 +22,33 @@ class PassContext:
     """What a TOML file cannot hold but a pass may need.
 
     The transform action fills it; in a notebook you fill it yourself, e.g.
-    ``graph.context.data_module = MaseDataModule("fashion_mnist")``.
+    ``graph.context.data_module = MaseDataModule("fashion_mnist")``, or your
+    own data: any Lightning ``LightningDataModule``, or
+    ``machop.training.DataLoaders(train_loader, val_loader, test_loader)``.
     """
 
-    data_module: Any = None  # a MaseDataModule (Lightning); None: passes that need data refuse to run
+    data_module: Any = None  # a LightningDataModule; None: passes that need data refuse to run
     output_dir: Path | None = None  # where passes write files (checkpoints, the compressed model)
-    model_name: str | None = None  # registry name, needed to rebuild the model from a saved file
-    dataset_info: Any = None  # machop.datasets.DatasetInfo
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    seed: int = 0
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    max_epochs: int = 1
-    limit_train_batches: float | int = 1.0
-    log_every_n_steps: int = 50
+    model_name: str | None = None  # registry name (None for your own model: pass it when loading a file)
+    dataset_info: Any = None  # machop.datasets.DatasetInfo of a registry dataset, if any
+    training: TrainSettings = field(default_factory=TrainSettings)  # train steps override it per step
     progress_bar: bool = True
-    step: str | None = None  # label of the pass being run (names its checkpoint folder)
+    step: str | None = None  # label of the pass being run (names its checkpoint folder and its errors)
     loaded_from: str | None = None  # the checkpoint the model was loaded from (None: freshly initialised)
 
     def require_data(self, pass_name: str):
         """The data module, or a clear error saying how to provide one."""
         if self.data_module is None:
             raise RuntimeError(
-                f"pass '{pass_name}' needs data: set graph.context.data_module "
-                "(e.g. MaseDataModule('fashion_mnist')) or run it through `./ch transform`"
+                f"pass '{pass_name}' needs data: set graph.context.data_module to a LightningDataModule "
+                "(e.g. MaseDataModule('fashion_mnist'), or machop.training.DataLoaders(train, val, test) "
+                "for your own DataLoaders), or run it through `./ch transform`"
             )
         return self.data_module
+
+
+class GraphTraceError(ValueError):
+    """torch.fx could not trace the model; ``str(err)`` says where and how to get around it."""
 
 
 class _Tracer(fx.Tracer):
@@ -58,6 +58,23 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaf_modules) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module, leaf_modules: tuple[type[nn.Module], ...] = (), concrete_args: dict | None = None) -> fx.Graph:
+    """The fx graph of ``model``; a failure is a `GraphTraceError` naming the module and the two ways out."""
+    tracer = _Tracer(tuple(leaf_modules))
+    try:
+        return tracer.trace(model, concrete_args=concrete_args)
+    except Exception as e:  # fx raises TraceError, TypeError, RuntimeError, ... on control flow it cannot follow
+        path = next(reversed(tracer.module_stack), "") if tracer.module_stack else ""
+        inner = model.get_submodule(path) if path else model
+        where = f"module {path!r} ({type(inner).__name__})" if path else f"{type(model).__name__}.forward"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GraphTraceError(
+            f"torch.fx cannot trace {where}: {reason}. Keep that module whole as one graph node with "
+            f"MaseGraph(model, leaf_modules=({type(inner).__name__},)), or fix the arguments its control flow "
+            "depends on with MaseGraph(model, concrete_args={...})"
+        ) from None
 
 
 class MaseGraph:
@@ -76,13 +93,12 @@ class MaseGraph:
         dummy_input: torch.Tensor | None = None,
         leaf_modules: tuple[type[nn.Module], ...] = (),
         context: PassContext | None = None,
+        concrete_args: dict[str, Any] | None = None,
     ):
         if isinstance(model, fx.GraphModule):
             self.model = model
         else:
-            graph = _Tracer(tuple(leaf_modules)).trace(model)
-            name = model.__class__.__name__
-            self.model = fx.GraphModule(model, graph, name)
+            self.model = fx.GraphModule(model, trace(model, leaf_modules, concrete_args), model.__class__.__name__)
         self.dummy_input = dummy_input
         self.leaf_modules = tuple(leaf_modules)
         self.context = context if context is not None else PassContext()
@@ -107,6 +123,22 @@ class MaseGraph:
     def layer_nodes(self, types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> list[fx.Node]:
         """``call_module`` nodes whose module is one of ``types``, in graph order."""
         return [n for n in self.nodes if n.op == "call_module" and isinstance(self.module_of(n), types)]
+
+    def node_names(self) -> dict[str, str]:
+        """Module qualname → the name of the first ``call_module`` node that calls it."""
+        names: dict[str, str] = {}
+        for n in self.nodes:
+            if n.op == "call_module":
+                names.setdefault(str(n.target), n.name)
+        return names
+
+    def call_nodes(self, qualname: str) -> list[fx.Node]:
+        """Every ``call_module`` node calling the module ``qualname`` (several for a module used twice)."""
+        return [n for n in self.nodes if n.op == "call_module" and n.target == qualname]
+
+    def weights(self) -> list[Weight]:
+        """Every compressible weight of the model, once each (see `machop.nn.compressible_weights`)."""
+        return compressible_weights(self.model, self.node_names())
 
     def meta(self, node: fx.Node) -> dict:
         """The node's ``mase`` metadata dict (``common``, ``software`` sub-dicts)."""

@@ -4,17 +4,20 @@ A saved file is ``torch.save`` of plain data, read back with
 ``torch.load(weights_only=True)``:
 
 - ``format``: ``"machop.pt"`` or ``"machop.mz"``; ``version``: 1
-- ``structure``: a JSON string: the registry name of the model, its dataset
-  info, every parametrization chain (prune masks, k-means weight sharing,
-  fixed point) and every module inserted into the fx graph (activation masks);
+- ``structure``: a JSON string: the registry name of the model and its
+  dataset info (None for your own model), its class name, the tensors tied
+  together, every parametrization chain (prune masks, k-means weight
+  sharing, fixed point) and every module inserted into the fx graph
+  (activation masks);
 - ``state_dict``: the tensors, masks and codebooks included;
 - ``meta`` (``mz`` only): JSON of each node's ``mase`` metadata.
 
-Loading rebuilds the model from the registry, re-creates the recorded
-structure from classes registered with `rebuildable` (nothing else can be
-named in a file) and loads the state dict strictly. A class is rebuildable
-when ``cls(**obj.spec(), **own_tensors)`` recreates it, ``own_tensors`` being
-its direct parameters and buffers by name.
+A file holds no code, so loading takes the model: a registry model is built
+by name; your own model is passed in (``load_graph(path, model=MyNet())``).
+The file's architecture is checked against the model first (an error names
+the first tensor that differs, nothing is touched), then the recorded
+structure is re-created from the classes of `machop.nn` (`REBUILDABLE`:
+nothing else can be named in a file) and the state dict is loaded strictly.
 """
 
 from __future__ import annotations
@@ -30,69 +33,117 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from machop.datasets import DatasetInfo
 from machop.files import atomic_write
+from machop.models import MODELS, get_model
+from machop.nn import is_rebuildable, rebuild, spec_of, stored, tied_tensors
+from machop.training.module import strip_prefix
 
 from .graph import MaseGraph, PassContext
 
 logger = logging.getLogger(__name__)
 
-REBUILDABLE: dict[str, type[nn.Module]] = {}
 FORMAT_VERSION = 1
 
 
-def rebuildable(cls: type[nn.Module]) -> type[nn.Module]:
-    """Class decorator: allow ``cls`` to be named in a saved file."""
-    REBUILDABLE[cls.__name__] = cls
-    return cls
+class ArchitectureMismatch(ValueError):
+    """A file's model differs from the model given to load it into; ``str(err)`` names the first difference."""
 
 
-def _spec(module: nn.Module) -> dict:
-    return module.spec() if hasattr(module, "spec") else {}
+# --------------------------------------------------------------------------- signatures
 
 
-def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
+def state_signature(model: nn.Module) -> list[list]:
+    """``[key, shape, dtype]`` for every state-dict entry, in state-dict order."""
+    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
 
 
-def _rebuild(cls_name: str, spec: dict, state: dict[str, torch.Tensor], prefix: str) -> nn.Module:
-    if cls_name not in REBUILDABLE:
-        raise ValueError(f"saved model names unknown class {cls_name!r}; known: {', '.join(sorted(REBUILDABLE))}")
-    tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
-    return REBUILDABLE[cls_name](**spec, **tensors)
+def base_signature(signature: list[list], structure: dict) -> list[list]:
+    """The signature of the dense architecture underneath ``structure``.
+
+    ``a.parametrizations.w.original`` becomes ``a.w``; other parametrization
+    tensors and those of inserted modules are dropped.
+    """
+    inserted = tuple(rec["name"] + "." for rec in structure.get("inserted", []))
+    out = []
+    for key, shape, dtype in signature:
+        if inserted and key.startswith(inserted):
+            continue
+        if ".parametrizations." in f".{key}":
+            head, _, tail = f".{key}".partition(".parametrizations.")
+            tensor, _, rest = tail.partition(".")
+            if rest != "original":
+                continue
+            key = f"{head}.{tensor}".lstrip(".")
+        out.append([key, shape, dtype])
+    return out
+
+
+def same_signature(a: list[list], b: list[list]) -> bool:
+    """Signatures equal as sets of (key, shape, dtype): state-dict order does not matter for loading."""
+    return len(a) == len(b) and {k: (s, d) for k, s, d in a} == {k: (s, d) for k, s, d in b}
+
+
+def first_mismatch(got: list[list], want: list[list]) -> str:
+    """The first difference between the model's signature ``got`` and the file's ``want``, in words."""
+    got_map, want_map = {k: (s, d) for k, s, d in got}, {k: (s, d) for k, s, d in want}
+    for key, shape, dtype in want:
+        if key not in got_map:
+            return f"the model has no tensor {key!r}"
+        if got_map[key] != (shape, dtype):
+            s, d = got_map[key]
+            return f"{key!r} is {d}{s} in the model but {dtype}{shape} in the file"
+    for key, _, _ in got:
+        if key not in want_map:
+            return f"the model has a tensor {key!r} that the file does not"
+    return "no difference"
+
+
+def check_architecture(graph: MaseGraph, signature: list[list], structure: dict | None) -> None:
+    """Raise `ArchitectureMismatch` unless ``graph``'s dense model is the one the file was saved from."""
+    structure = structure or {}
+    got = state_signature(graph.model)
+    want = base_signature(signature, structure) if structure else signature
+    if not same_signature(got, want):
+        raise ArchitectureMismatch(first_mismatch(got, want))
+    want_ties = sorted(sorted(g) for g in structure.get("ties", []))
+    got_ties = sorted(sorted(g) for g in tied_tensors(graph.model))
+    if "ties" in structure and want_ties != got_ties:
+        raise ArchitectureMismatch(f"tied tensors differ: the file ties {want_ties or 'none'}, the model {got_ties or 'none'}")
 
 
 def describe_structure(graph: MaseGraph) -> dict:
-    """The JSON-able record of everything passes added to the base model."""
+    """The JSON-able record of the model and of everything passes added to it."""
     ctx = graph.context
-    if ctx.model_name is None or ctx.dataset_info is None:
-        raise ValueError("cannot save: graph.context.model_name and dataset_info must name the registry model")
     inserted = []
     for node in graph.nodes:
         module = graph.module_of(node)
-        if module is not None and type(module).__name__ in REBUILDABLE:
+        if module is not None and is_rebuildable(module):
             user = next(iter(node.users))
             inserted.append({
                 "name": node.target,
                 "user": user.name,
                 "arg": user.args.index(node),
                 "class": type(module).__name__,
-                "spec": _spec(module),
+                "spec": spec_of(module),
             })
     chains = []
     for qualname, module in graph.model.named_modules():
         if parametrize.is_parametrized(module):
             for tensor_name, plist in module.parametrizations.items():
                 for p in plist:
-                    if type(p).__name__ not in REBUILDABLE:
+                    if not is_rebuildable(p):
                         raise ValueError(f"cannot save: parametrization {type(p).__name__} of {qualname} is not rebuildable")
                 chains.append({
                     "module": qualname,
                     "tensor": tensor_name,
-                    "chain": [{"class": type(p).__name__, "spec": _spec(p)} for p in plist],
+                    "chain": [{"class": type(p).__name__, "spec": spec_of(p)} for p in plist],
                 })
     return {
         "model": ctx.model_name,
-        "dataset_info": asdict(ctx.dataset_info),
+        "dataset_info": asdict(ctx.dataset_info) if ctx.dataset_info is not None else None,
+        "class": type(graph.model).__name__,
+        "ties": tied_tensors(graph.model),
         "inserted": inserted,
         "parametrizations": chains,
     }
@@ -137,8 +188,6 @@ def read_checkpoint(path: str | os.PathLike, load_type: str) -> tuple[dict[str, 
     if load_type == "pl":
         if "state_dict" not in payload:
             raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); try --load-type pt")
-        from machop.training.module import strip_prefix
-
         structure = payload.get("machop_structure")
         return strip_prefix(payload["state_dict"]), json.loads(structure) if structure else None, None
     fmt = payload.get("format")
@@ -154,49 +203,83 @@ def read_checkpoint(path: str | os.PathLike, load_type: str) -> tuple[dict[str, 
     return payload, None, None
 
 
+def base_graph(
+    structure: dict | None,
+    model: nn.Module | MaseGraph | None,
+    source: str,
+    context: PassContext | None = None,
+    model_name: str | None = None,
+    dataset_info: Any = None,
+) -> MaseGraph:
+    """The dense graph a file's weights go into: ``model`` if given, else the registry model the file names.
+
+    ``model_name`` and ``dataset_info`` name the registry model of a file
+    that does not record one (a plain state dict).
+    """
+    if model is not None:
+        graph = model if isinstance(model, MaseGraph) else MaseGraph(model)
+        if context is not None:
+            graph.context = context
+        if structure and structure.get("model") and graph.context.model_name is None:
+            graph.context.model_name = structure["model"]
+        return graph
+    if structure is not None and structure.get("model") is None:
+        cls = structure.get("class") or "model"
+        raise ValueError(
+            f"{source} holds your own model ({cls}), not a registry model: a file holds no code, so pass the "
+            f"model to load it into, e.g. load_graph(path, model={cls}(...)) or load_compressed(path, model={cls}(...))"
+        )
+    if structure is not None:
+        model_name = structure["model"]
+        dataset_info = DatasetInfo(**structure["dataset_info"]) if structure.get("dataset_info") else None
+    if model_name is None or dataset_info is None:
+        raise ValueError(f"{source} does not name its model: give the model and dataset")
+    if model_name not in MODELS:
+        raise ValueError(f"{source} holds a {model_name!r}, which is not in this machop's model registry")
+    context = context if context is not None else PassContext()
+    context.model_name, context.dataset_info = model_name, dataset_info
+    return MaseGraph(get_model(model_name, dataset_info), context=context)
+
+
 def load_model(
     path: str | os.PathLike,
     load_type: str,
+    model: nn.Module | MaseGraph | None = None,
     model_name: str | None = None,
     dataset_info: Any = None,
     context: PassContext | None = None,
 ) -> MaseGraph:
-    """Rebuild a MaseGraph from a ``pl``/``pt``/``mz``/``huffman`` file.
-
-    Files that record their structure rebuild themselves; a plain state dict
-    needs ``model_name`` and ``dataset_info`` to pick the architecture.
-    """
-    if load_type == "huffman":
-        from machop.passes.graph.transforms.huffman import load_compressed
-
-        return load_compressed(path, context)
-    from machop.datasets import DatasetInfo
-    from machop.models import get_model
-
+    """Rebuild a MaseGraph from a ``pl``/``pt``/``mz`` file (see `base_graph` for which model)."""
     state, structure, meta = read_checkpoint(path, load_type)
-    if structure is not None:
-        model_name, dataset_info = structure["model"], DatasetInfo(**structure["dataset_info"])
-    elif model_name is None or dataset_info is None:
-        raise ValueError(f"{path} does not name its model: give the model and dataset")
-    context = context or PassContext()
-    context.model_name, context.dataset_info = model_name, dataset_info
-    graph = MaseGraph(get_model(model_name, dataset_info), context=context)
+    graph = base_graph(structure, model, str(path), context, model_name, dataset_info)
+    signature = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+    try:
+        check_architecture(graph, signature, structure)
+    except ArchitectureMismatch as e:
+        raise ArchitectureMismatch(f"{path} does not fit the model: {e}") from None
     if structure is not None:
         apply_structure(graph, structure, state)
     try:
         graph.model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise ValueError(f"{path} does not fit model {model_name!r}: {' '.join(first[1:2] or first[:1]).strip()}") from None
+        raise ArchitectureMismatch(f"{path} does not fit the model: {' '.join(first[1:2] or first[:1]).strip()}") from None
     for node in graph.nodes:
         if meta and node.name in meta:
             node.meta["mase"] = meta[node.name]
     return graph
 
 
-def load_graph(path: str | os.PathLike, context: PassContext | None = None) -> MaseGraph:
-    """Rebuild a MaseGraph saved by `save_graph` (either load type)."""
-    return load_model(path, "pt", context=context)  # "pt" reads both machop formats
+def load_graph(
+    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None
+) -> MaseGraph:
+    """Rebuild a MaseGraph saved by `save_graph` (either load type).
+
+    A registry model is rebuilt by the name in the file; for your own model
+    pass it (``model=MyNet()``, or a `MaseGraph` of it when tracing needs
+    ``leaf_modules``): its architecture is checked against the file first.
+    """
+    return load_model(path, "pt", model=model, context=context)  # "pt" reads both machop formats
 
 
 def load_weights(graph: MaseGraph, path: str | os.PathLike, load_type: str) -> None:
@@ -220,7 +303,11 @@ def load_weights(graph: MaseGraph, path: str | os.PathLike, load_type: str) -> N
 
 
 def apply_structure(graph: MaseGraph, structure: dict, state: dict[str, torch.Tensor]) -> None:
-    """Re-create inserted modules and parametrization chains on a fresh graph."""
+    """Re-create inserted modules and parametrization chains on a fresh graph.
+
+    Sites that hold one tied parameter get the same chain objects, so the
+    tie (one parameter, one mask, one codebook) is kept.
+    """
     by_name = {n.name: n for n in graph.nodes}
     pending = list(structure["inserted"])
     while pending:  # in saved order, but a module feeding another inserted one waits until that one exists
@@ -228,15 +315,16 @@ def apply_structure(graph: MaseGraph, structure: dict, state: dict[str, torch.Te
         if not ready:
             raise ValueError(f"saved structure inserts before unknown node {pending[0]['user']!r}")
         for rec in ready:
-            module = _rebuild(rec["class"], rec["spec"], state, rec["name"] + ".")
+            module = rebuild(rec["class"], rec["spec"], state, rec["name"] + ".")
             new = graph.insert_before(by_name[rec["user"]], rec["arg"], rec["name"], module)
             by_name[new.name] = new
         pending = [rec for rec in pending if not any(rec is r for r in ready)]
+    built: dict[int, list[nn.Module]] = {}  # id(stored parameter) → its chain
     for rec in structure["parametrizations"]:
         module = graph.model.get_submodule(rec["module"])
-        for i, p in enumerate(rec["chain"]):
-            prefix = f"{rec['module']}.parametrizations.{rec['tensor']}.{i}."
-            prefix = prefix.lstrip(".")
-            parametrize.register_parametrization(
-                module, rec["tensor"], _rebuild(p["class"], p["spec"], state, prefix), unsafe=True
-            )
+        key = id(stored(module, rec["tensor"]))
+        if key not in built:
+            prefix = f"{rec['module']}.parametrizations.{rec['tensor']}.".lstrip(".")
+            built[key] = [rebuild(p["class"], p["spec"], state, f"{prefix}{i}.") for i, p in enumerate(rec["chain"])]
+        for p in built[key]:
+            parametrize.register_parametrization(module, rec["tensor"], p, unsafe=True)

@@ -30,11 +30,10 @@ def get_model(name: str, info: Any) -> nn.Module:
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
-    if isinstance(info, dict):
-        from machop.datasets import DatasetInfo
-
-        info = DatasetInfo(**info)
-    return MODELS[name](in_channels=info.in_channels, image_size=tuple(info.image_size), num_classes=info.num_classes)
+    field = info.__getitem__ if isinstance(info, dict) else info.__getattribute__
+    return MODELS[name](
+        in_channels=field("in_channels"), image_size=tuple(field("image_size")), num_classes=field("num_classes")
+    )
 
 
 __all__ = ["MODELS", "get_model", "LeNet300", "LeNet5", "VGG7", "ResNet18", "BasicBlock"]

@@ -1,6 +1,7 @@
-"""Training shared by `ch train`, `ch test` and the train/test passes."""
+"""Training shared by `ch train`, `ch test` and the train/test passes, and your own data for them."""
 
+from .data import DataLoaders, calibration_batch
 from .module import MaseLightningModule
-from .trainer import TrainSettings, evaluate, fit
+from .trainer import evaluate, fit
 
-__all__ = ["MaseLightningModule", "TrainSettings", "fit", "evaluate"]
+__all__ = ["DataLoaders", "MaseLightningModule", "calibration_batch", "evaluate", "fit"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -85,12 +84,3 @@ class MaseLightningModule(pl.LightningModule):
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
     """A Lightning checkpoint's state dict with the module's ``model.`` prefix removed."""
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
-def structure_json(graph) -> str | None:
-    """The graph's structure as JSON, or None if the context cannot name its model."""
-    from machop.ir.serialize import describe_structure
-
-    if graph.context.model_name is None or graph.context.dataset_info is None:
-        return None
-    return json.dumps(describe_structure(graph))

@@ -9,34 +9,18 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from .module import MaseLightningModule, structure_json
+from torch import nn
+
+from machop.config import TrainSettings
+
+from .module import MaseLightningModule
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSettings:
-    """Everything one training run needs besides the model and the data."""
-
-    max_epochs: int = 1
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    limit_train_batches: float | int = 1.0
-    log_every_n_steps: int = 50
-    checkpoint_dir: Path | None = None  # None: no checkpoint files, best weights kept in memory
-    progress_bar: bool = True
-    seed: int = 0
 
 
 def _quiet_lightning() -> None:
@@ -47,10 +31,12 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
-def build_trainer(s: TrainSettings, callbacks: list | None = None, max_epochs: int | None = None) -> pl.Trainer:
+def build_trainer(
+    s: TrainSettings, callbacks: list | None = None, checkpointing: bool = False, progress: bool = True
+) -> pl.Trainer:
     _quiet_lightning()
     return pl.Trainer(
-        max_epochs=max_epochs if max_epochs is not None else s.max_epochs,
+        max_epochs=s.max_epochs,
         accelerator=s.accelerator,
         devices=s.devices,
         strategy=s.strategy,
@@ -58,9 +44,9 @@ def build_trainer(s: TrainSettings, callbacks: list | None = None, max_epochs: i
         limit_train_batches=s.limit_train_batches,
         log_every_n_steps=s.log_every_n_steps,
         callbacks=callbacks or [],
-        enable_progress_bar=s.progress_bar,
+        enable_progress_bar=progress,
         enable_model_summary=False,
-        enable_checkpointing=s.checkpoint_dir is not None,
+        enable_checkpointing=checkpointing,
         logger=False,
         deterministic=False,
     )
@@ -82,25 +68,33 @@ class _BestInMemory(pl.Callback):
             self.state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
 
 
-def fit(graph, data_module, s: TrainSettings) -> dict:
-    """Train ``graph.model`` in place; restore the weights of the epoch with the best ``val_acc``.
+def fit(
+    model: nn.Module,
+    data_module: pl.LightningDataModule,
+    s: TrainSettings,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+    structure: str | None = None,
+) -> dict:
+    """Train ``model`` in place; restore the weights of the epoch with the best ``val_acc``.
 
-    Returns ``{"val_acc", "val_loss", "best_val_acc", "epochs", "checkpoint"}``.
+    ``checkpoint_dir``: where Lightning writes ``best.ckpt`` (None: no file,
+    the best weights are kept in memory); ``structure``: the JSON record of
+    the model's masks and codebooks written into that checkpoint. Returns
+    ``{"val_acc", "val_loss", "best_val_acc", "epochs", "world_size", "checkpoint"}``.
     """
     pl.seed_everything(s.seed, workers=True, verbose=False)
-    module = MaseLightningModule(
-        graph.model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure_json(graph)
-    )
+    module = MaseLightningModule(model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure)
     callbacks: list = [best := _BestInMemory()]
     ckpt = None
-    if s.checkpoint_dir is not None:
-        ckpt = ModelCheckpoint(dirpath=s.checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1)
+    if checkpoint_dir is not None:
+        ckpt = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1)
         callbacks.append(ckpt)
-    trainer = build_trainer(s, callbacks)
+    trainer = build_trainer(s, callbacks, checkpointing=ckpt is not None, progress=progress)
     module.train()  # a model left in eval mode (e.g. by a notebook) would train its batch norms wrongly
     trainer.fit(module, datamodule=data_module)
     if best.state is not None:
-        graph.model.load_state_dict(best.state)
+        model.load_state_dict(best.state)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_acc", "val_loss")}
     metrics["best_val_acc"] = best.best
     metrics["epochs"] = trainer.current_epoch
@@ -109,10 +103,12 @@ def fit(graph, data_module, s: TrainSettings) -> dict:
     return metrics
 
 
-def evaluate(graph, data_module, s: TrainSettings, stage: str = "test") -> dict:
-    """``{"<stage>_acc", "<stage>_loss"}`` of ``graph.model`` on the test (or val) split."""
-    module = MaseLightningModule(graph.model)
-    trainer = build_trainer(s)
+def evaluate(
+    model: nn.Module, data_module: pl.LightningDataModule, s: TrainSettings, stage: str = "test", progress: bool = True
+) -> dict:
+    """``{"<stage>_acc", "<stage>_loss"}`` of ``model`` on the test (or val) split."""
+    module = MaseLightningModule(model)
+    trainer = build_trainer(s, progress=progress)
     run = trainer.test if stage == "test" else trainer.validate
     (results,) = run(module, datamodule=data_module, verbose=False)
     return {k: float(v) for k, v in results.items()}

@@ -11,7 +11,7 @@ from machop.ir import MaseGraph, PassContext, load_graph, save_graph
 from machop.ir.serialize import load_payload
 from machop.models import get_model
 from machop.passes.graph.analysis.metadata import add_common_metadata, init_metadata
-from machop.passes.graph.transforms.prune.masks import apply_mask, get_mask
+from machop.nn import apply_mask, get_mask
 
 MODELS = [("lenet300", "fashion_mnist"), ("lenet5", "fashion_mnist"), ("vgg7", "cifar10"), ("resnet18", "cifar10")]
 

@@ -1,67 +1,77 @@
-"""Graph passes and PASSES, the one registry (name → pass function).
+"""Graph passes and `REGISTRY`, the one table of them.
 
 Every pass is ``fn(graph: MaseGraph, pass_args: dict | None = None) -> (graph, info)``.
-``PASS_ARGS`` maps the same names to the function that validates a pass's
-TOML table (``parse(table, path) -> typed args``), so that `ch transform`
-checks every table before anything runs.
+A `PassEntry` holds everything else `ch transform` needs to know about a
+pass: how to validate its TOML table, whether it changes the model (a
+checkpoint is written after it), and an optional check of the table against
+the built graph, so every step is checked before step 1 runs.
+``PASSES`` is the same registry as name → function.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
 
-from machop.config import ConfigError
+from machop.config import NoOptions, from_dict
+from machop.ir import MaseGraph
 
-from .analysis.metadata import add_common_metadata, init_metadata
+from .analysis.metadata import CommonMetadataArgs, add_common_metadata, init_metadata
 from .analysis.pruning import add_pruning_metadata
 from .analysis.quantization import summarize_quantization
-from .transforms.huffman import huffman_decode_pass, huffman_encode_pass, huffman_pass, parse_huffman_args
-from .transforms.prune import parse_prune_args, prune_remove_pass, prune_transform_pass
-from .transforms.quantize import parse_quantize_args, quantize_transform_pass
-from .transforms.train import parse_test_args, parse_train_args, test_pass, train_transform_pass
+from .transforms.huffman import (
+    check_decode_args,
+    check_encode_args,
+    huffman_decode_pass,
+    huffman_encode_pass,
+    huffman_pass,
+    parse_huffman_args,
+)
+from .transforms.prune import check_prune_args, parse_prune_args, prune_remove_pass, prune_transform_pass
+from .transforms.quantize import check_quantize_args, parse_quantize_args, quantize_transform_pass
+from .transforms.train import check_train_args, parse_test_args, parse_train_args, test_pass, train_transform_pass
+
+Check = Callable[[MaseGraph, Any, str, list[str]], None]
 
 
-def _no_args(pass_args: dict | None, path: str) -> None:
-    if pass_args:
-        raise ConfigError(f"{path}.{next(iter(pass_args))}", "unknown key; this pass takes no options")
+@dataclass(frozen=True)
+class PassEntry:
+    """One pass: its function, its table's parser, whether it changes the model, and its graph check.
+
+    ``parse(table, path)`` returns the typed arguments or raises `ConfigError`
+    naming the key; ``check(graph, args, path, earlier)`` sees the graph as
+    built before step 1 and the names of the passes planned before this one.
+    """
+
+    fn: Callable[..., tuple[MaseGraph, dict]]
+    parse: Callable[[dict | None, str], Any]
+    changes_model: bool = True
+    check: Check | None = None
 
 
-PASSES: dict[str, Callable] = {
-    "init_metadata": init_metadata,
-    "add_common_metadata": add_common_metadata,
-    "train": train_transform_pass,
-    "retrain": train_transform_pass,  # the seed's name
-    "test": test_pass,
-    "prune": prune_transform_pass,
-    "prune_remove": prune_remove_pass,
-    "add_pruning_metadata": add_pruning_metadata,
-    "quantize": quantize_transform_pass,
-    "summarize_quantization": summarize_quantization,
-    "huffman": huffman_pass,  # the seed's [passes.huffman]: encode, decode, verify
-    "huffman_encode": huffman_encode_pass,
-    "huffman_decode": huffman_decode_pass,
+_no_options = partial(from_dict, NoOptions)
+
+REGISTRY: dict[str, PassEntry] = {
+    "init_metadata": PassEntry(init_metadata, _no_options, changes_model=False),
+    "add_common_metadata": PassEntry(add_common_metadata, partial(from_dict, CommonMetadataArgs), changes_model=False),
+    "train": PassEntry(train_transform_pass, parse_train_args, check=check_train_args),
+    "retrain": PassEntry(train_transform_pass, parse_train_args, check=check_train_args),  # the seed's name
+    "test": PassEntry(test_pass, parse_test_args, changes_model=False),
+    "prune": PassEntry(prune_transform_pass, parse_prune_args, check=check_prune_args),
+    "prune_remove": PassEntry(prune_remove_pass, _no_options),
+    "add_pruning_metadata": PassEntry(add_pruning_metadata, _no_options, changes_model=False),
+    "quantize": PassEntry(quantize_transform_pass, parse_quantize_args, check=check_quantize_args),
+    "summarize_quantization": PassEntry(summarize_quantization, _no_options, changes_model=False),
+    # the seed's [passes.huffman]: encode, decode, verify
+    "huffman": PassEntry(huffman_pass, parse_huffman_args, check=check_encode_args),
+    "huffman_encode": PassEntry(huffman_encode_pass, parse_huffman_args, changes_model=False, check=check_encode_args),
+    "huffman_decode": PassEntry(huffman_decode_pass, parse_huffman_args, check=check_decode_args),
 }
 
-PASS_ARGS: dict[str, Callable] = {
-    "init_metadata": _no_args,
-    "add_common_metadata": _no_args,
-    "train": parse_train_args,
-    "retrain": parse_train_args,
-    "test": parse_test_args,
-    "prune": parse_prune_args,
-    "prune_remove": _no_args,
-    "add_pruning_metadata": _no_args,
-    "quantize": parse_quantize_args,
-    "summarize_quantization": _no_args,
-    "huffman": parse_huffman_args,
-    "huffman_encode": parse_huffman_args,
-    "huffman_decode": parse_huffman_args,
-}
-
-# passes that only read the model: `ch transform` writes no checkpoint after them
-READ_ONLY = {"init_metadata", "add_common_metadata", "add_pruning_metadata", "test", "summarize_quantization", "huffman_encode"}
+PASSES: dict[str, Callable[..., tuple[MaseGraph, dict]]] = {name: entry.fn for name, entry in REGISTRY.items()}
 
 __all__ = [
-    "PASSES", "PASS_ARGS", "READ_ONLY", "huffman_decode_pass", "huffman_encode_pass", "huffman_pass",
+    "PASSES", "REGISTRY", "PassEntry", "huffman_decode_pass", "huffman_encode_pass", "huffman_pass",
     "prune_transform_pass", "quantize_transform_pass", "train_transform_pass", "test_pass",
 ]

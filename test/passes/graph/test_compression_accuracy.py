@@ -21,12 +21,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from machop.config import TrainSettings
 from machop.datasets import MaseDataModule
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
 from machop.passes.graph import PASSES
-from machop.passes.graph.transforms.prune import WEIGHT_METHODS, get_mask
-from machop.passes.graph.transforms.quantize import KMeansWeight, quantizer_of
+from machop.nn import get_mask
+from machop.passes.graph.transforms.prune import WEIGHT_METHODS
+from machop.nn import KMeansWeight, quantizer_of
 
 TRAIN_LIMIT = 15_000  # first 15k training images: 13.5k train, 1.5k validation
 BATCH = 128
@@ -49,7 +51,7 @@ def fresh_graph(state: dict[str, torch.Tensor] | None = None) -> MaseGraph:
     """lenet5 as a MaseGraph with its own data module, loaded with ``state`` (the dense weights) if given."""
     dm = data_module()
     torch.manual_seed(0)
-    ctx = PassContext(data_module=dm, model_name="lenet5", dataset_info=dm.info, progress_bar=False, accelerator="cpu")
+    ctx = PassContext(data_module=dm, model_name="lenet5", dataset_info=dm.info, progress_bar=False, training=TrainSettings(accelerator="cpu"))
     graph = MaseGraph(get_model("lenet5", dm.info), context=ctx)
     if state is not None:
         graph.model.load_state_dict(state)

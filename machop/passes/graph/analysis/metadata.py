@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import operator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from machop.config import NoOptions, from_dict, pass_path
 from machop.ir import MaseGraph
 
 logger = logging.getLogger(__name__)
@@ -47,8 +50,16 @@ def mase_op(graph: MaseGraph, node: fx.Node) -> str:
     return node.op
 
 
+@dataclass
+class CommonMetadataArgs:
+    """``add_common_metadata``: ``dummy_input`` (a notebook may pass a batch; default ``graph.dummy_input``)."""
+
+    dummy_input: Any = None
+
+
 def init_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Give every node an empty ``mase`` metadata dict with its op and type."""
+    from_dict(NoOptions, pass_args, pass_path(graph.context.step, "passes.init_metadata"))
     for node in graph.nodes:
         node.meta["mase"] = {"common": {}, "software": {}}
         common = node.meta["mase"]["common"]
@@ -71,7 +82,8 @@ def add_common_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tupl
 
     ``pass_args`` may hold ``dummy_input``; else ``graph.dummy_input`` is used.
     """
-    dummy = (pass_args or {}).get("dummy_input", graph.dummy_input)
+    args = from_dict(CommonMetadataArgs, pass_args, pass_path(graph.context.step, "passes.add_common_metadata"))
+    dummy = args.dummy_input if args.dummy_input is not None else graph.dummy_input
     if dummy is None:
         raise ValueError("add_common_metadata needs a dummy input: MaseGraph(model, dummy_input=...)")
     if any("mase" not in n.meta for n in graph.nodes):

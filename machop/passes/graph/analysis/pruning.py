@@ -1,17 +1,19 @@
 """``add_pruning_metadata``: per-layer pruning figures, in node metadata and as a JSON report.
 
 It reads only the model (prune masks, inserted `ActivationPrune` modules,
-effective weights), so it can run any time after pruning, also on a graph
-loaded from a file. Per Conv2d/Linear node it writes
-``graph.meta(node)["software"]["prune"]``:
+effective weights, through `machop.nn`), so it can run any time after
+pruning, also on a graph loaded from a file. Per compressible weight (see
+`machop.nn.compressible_weights`) it reports, and for a weight whose module
+has a node writes to ``graph.meta(node)["software"]["prune"]``:
 
-- ``kind``: ``conv2d`` | ``linear``; ``module``: the qualified module name;
+- ``kind``: the layer kind (``conv2d``, ``linear``, ``lstm``, ...);
+  ``module``: the qualified module name; ``tensor``: the tensor's name;
 - ``weight`` / ``activation``: None, or ``{scope, granularity, method,
   target, achieved}``; ``achieved`` is the fraction the mask prunes (for
   activations: of each sample's input values, channel mask and per-sample
   stages together);
-- ``params`` / ``nonzero_params``: weight + bias entries, and how many of
-  the effective values are non-zero;
+- ``params`` / ``nonzero_params``: weight + its bias's entries, and how
+  many of the effective values are non-zero;
 - ``macs_dense``: multiply-accumulates of the layer for one sample;
   ``macs_effective``: ``macs_dense × weight density × input density``, the
   weight density being the non-zero fraction of the effective weight and the
@@ -19,37 +21,45 @@ loaded from a file. Per Conv2d/Linear node it writes
   counts the MACs a sparse kernel could skip if the two sparsities were
   independent; zeros in the data itself (e.g. after ReLU) are not counted.
   MACs need an input shape: ``graph.dummy_input`` or, failing that,
-  ``graph.context.dataset_info``; without either they are None.
+  ``graph.context.dataset_info``; without either, and for weights other
+  than those of convolution and Linear nodes, they are None.
+
+``totals`` sums the weights and also counts every parameter of the model
+(``model_params``, ``model_nonzero_params``, ``model_sparsity``): biases,
+batch norm and every other tensor, each tied tensor once.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from machop.config import from_dict
+from machop.config import NoOptions, from_dict, pass_path
 from machop.ir.graph import MaseGraph
-from machop.passes.graph.transforms.prune.activation_methods import ActivationPrune
-from machop.passes.graph.transforms.prune.masks import WeightMask, get_mask
-from machop.passes.graph.transforms.prune.ranking import prune_count
+from machop.nn import (
+    ActivationPrune,
+    Weight,
+    WeightMask,
+    chain,
+    dense_parameter_count,
+    get_mask,
+    nonzero_parameter_count,
+    prune_count,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PruningMetadataArgs:
-    """``add_pruning_metadata`` takes no options."""
 
 
 def _sample_input(graph: MaseGraph) -> torch.Tensor | None:
     x = graph.dummy_input
     if isinstance(x, torch.Tensor):
         return x[:1]
+    if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+        return tuple(t[:1] for t in x)
     info = graph.context.dataset_info
     if info is not None:
         return torch.zeros(1, info.in_channels, *info.image_size)
@@ -66,7 +76,8 @@ class _ShapeRecorder(fx.Interpreter):
         out = super().run_node(n)
         if n.name in self.names:
             args, _ = self.fetch_args_kwargs_from_env(n)
-            self.shapes[n.name] = (tuple(args[0].shape), tuple(out.shape))
+            if isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                self.shapes[n.name] = (tuple(args[0].shape), tuple(out.shape))
         return out
 
 
@@ -82,7 +93,7 @@ def layer_shapes(graph: MaseGraph, nodes: list[fx.Node]) -> dict[str, tuple[tupl
     graph.model.eval()
     try:
         with torch.no_grad():
-            recorder.run(x.to(device))
+            recorder.run(*(t.to(device) for t in (x if isinstance(x, tuple) else (x,))))
     except Exception as e:  # a report must not break a pipeline; say why the MACs are missing
         logger.warning("shape inference for MACs failed (%s: %s); MACs are not reported", type(e).__name__, e)
         return {}
@@ -104,11 +115,11 @@ def _summarise(parts: list[dict]) -> dict:
     }
 
 
-def _weight_entry(module: nn.Module) -> dict | None:
-    mask = get_mask(module)
+def _weight_entry(w: Weight) -> dict | None:
+    mask = get_mask(w.module, w.tensor_name)
     if mask is None:
         return None
-    hows = [p.how for p in module.parametrizations["weight"] if isinstance(p, WeightMask) and p.how]
+    hows = [p.how for p in chain(w.module, w.tensor_name) if isinstance(p, WeightMask) and p.how]
     entry = _summarise(hows) if hows else {"scope": None, "granularity": None, "method": None, "target": None}
     entry["achieved"] = 1.0 - int(torch.count_nonzero(mask)) / mask.numel()
     return entry
@@ -129,45 +140,52 @@ def _activation_entry(act: ActivationPrune, in_shape: tuple[int, ...] | None) ->
 
 
 def _macs(module: nn.Module, shapes: tuple | None) -> int | None:
+    """Multiply-accumulates of one call of a convolution or Linear layer (batch 1); None for other kinds."""
     if shapes is None:
         return None
-    _, out_shape = shapes
-    out = math.prod(out_shape[1:])
-    if isinstance(module, nn.Conv2d):
-        return out * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    return out * module.in_features
+    in_shape, out_shape = shapes
+    if isinstance(module, nn.Linear):
+        return math.prod(out_shape[1:]) * module.in_features
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return math.prod(in_shape[1:]) * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return math.prod(out_shape[1:]) * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    return None
 
 
 def collect_pruning_info(graph: MaseGraph) -> dict:
-    """``{"layers": {node name: entry}, "totals": {...}}`` for every Conv2d/Linear node (see module doc)."""
-    nodes = graph.layer_nodes()
-    shapes = layer_shapes(graph, nodes)
+    """``{"layers": {weight name: entry}, "totals": {...}}`` for every compressible weight (see module doc)."""
+    weights = graph.weights()
+    nodes = {n.name: n for n in graph.nodes}
+    layer_nodes = [nodes[w.node] for w in weights if w.node is not None]
+    shapes = layer_shapes(graph, layer_nodes)
     layers: dict[str, dict] = {}
     totals = {"params": 0, "nonzero_params": 0, "weights": 0, "nonzero_weights": 0,
               "macs_dense": 0 if shapes else None, "macs_effective": 0.0 if shapes else None}
-    for node in nodes:
-        module = graph.module_of(node)
+    for w in weights:
+        weight = w.value()
         with torch.no_grad():
-            weight = module.weight.detach()
-            bias = module.bias.detach() if module.bias is not None else torch.zeros(0)
+            bias = getattr(w.module, w.bias_name).detach() if w.bias_name else torch.zeros(0)
         nonzero_w = int(torch.count_nonzero(weight))
-        source = node.args[0] if node.args else None
+        node = nodes.get(w.node) if w.node is not None else None
+        source = node.args[0] if node is not None and node.args else None
         act = graph.module_of(source) if isinstance(source, fx.Node) else None
         act = act if isinstance(act, ActivationPrune) else None
-        in_shape = shapes[node.name][0] if node.name in shapes else None
+        in_shape = shapes[node.name][0] if node is not None and node.name in shapes else None
         entry = {
-            "kind": "conv2d" if isinstance(module, nn.Conv2d) else "linear",
-            "module": node.target,
-            "weight": _weight_entry(module),
+            "kind": w.kind.name,
+            "module": w.qualname,
+            "tensor": w.tensor_name,
+            "weight": _weight_entry(w),
             "activation": _activation_entry(act, in_shape) if act is not None else None,
             "params": weight.numel() + bias.numel(),
             "nonzero_params": nonzero_w + int(torch.count_nonzero(bias)),
         }
-        dense = _macs(module, shapes.get(node.name))
+        dense = _macs(w.module, shapes.get(node.name)) if node is not None else None
         input_density = 1.0 - entry["activation"]["achieved"] if entry["activation"] else 1.0
         entry["macs_dense"] = dense
         entry["macs_effective"] = None if dense is None else dense * (nonzero_w / weight.numel()) * input_density
-        layers[node.name] = entry
+        layers[w.name] = entry
         totals["params"] += entry["params"]
         totals["nonzero_params"] += entry["nonzero_params"]
         totals["weights"] += weight.numel()
@@ -176,17 +194,23 @@ def collect_pruning_info(graph: MaseGraph) -> dict:
             totals["macs_dense"] += dense
             totals["macs_effective"] += entry["macs_effective"]
     totals["weight_sparsity"] = 1.0 - totals["nonzero_weights"] / totals["weights"] if totals["weights"] else 0.0
+    totals["model_params"] = dense_parameter_count(graph.model)
+    totals["model_nonzero_params"] = nonzero_parameter_count(graph.model)
+    totals["model_sparsity"] = (
+        1.0 - totals["model_nonzero_params"] / totals["model_params"] if totals["model_params"] else 0.0
+    )
     return {"layers": layers, "totals": totals}
 
 
 def add_pruning_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
-    """Write each Conv2d/Linear node's pruning figures to ``graph.meta(node)["software"]["prune"]``.
+    """Write each weight's pruning figures to its node's ``graph.meta(node)["software"]["prune"]``.
 
     Returns ``(graph, info)`` with ``info`` = `collect_pruning_info` (JSON-serialisable).
     """
-    from_dict(PruningMetadataArgs, pass_args or {}, "passes.add_pruning_metadata")
+    from_dict(NoOptions, pass_args, pass_path(graph.context.step, "passes.add_pruning_metadata"))
     info = collect_pruning_info(graph)
     by_name = {n.name: n for n in graph.nodes}
-    for name, entry in info["layers"].items():
-        graph.meta(by_name[name]).setdefault("software", {})["prune"] = entry
+    for w in graph.weights():
+        if w.node is not None:
+            graph.meta(by_name[w.node]).setdefault("software", {})["prune"] = info["layers"][w.name]
     return graph, info

@@ -1,6 +1,6 @@
 """``summarize_quantization``: per-layer arithmetic, bits, distinct values and storage size.
 
-Storage model (bits), per Conv2d/Linear layer:
+Storage model (bits), per compressible weight (see `machop.nn.compressible_weights`):
 
 - ``kmeans``: ``kept * bits + 32 * 2**bits`` for the weight (a ``bits``-bit
   index per unpruned weight plus a full float32 codebook), where ``kept`` is
@@ -27,14 +27,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from machop.config import ConfigError, join
+from machop.config import NoOptions, from_dict, pass_path
 from machop.ir import MaseGraph
-from machop.passes.graph.transforms.prune.masks import get_mask
-from machop.passes.graph.transforms.quantize.codes import quantizer_of
-from machop.passes.graph.transforms.quantize.config import op_type
-from machop.passes.graph.transforms.quantize.fixed_point import FixedPoint
-from machop.passes.graph.transforms.quantize.quantize import input_quantizer
-from machop.passes.graph.transforms.quantize.shared_weight import KMeansWeight
+from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, quantizer_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +42,23 @@ def count_distinct(t: torch.Tensor) -> int:
     return int(np.count_nonzero(a[1:] != a[:-1])) + 1
 
 
-def quantization_row(graph: MaseGraph, node: fx.Node) -> dict:
-    """The summary row of one Conv2d/Linear node (see the module docstring)."""
-    module = graph.module_of(node)
+def input_quantizer(graph: MaseGraph, node: fx.Node) -> FixedPoint | None:
+    """The `FixedPoint` module inserted in front of ``node`` (on its first input), if any."""
+    src = node.args[0] if node.args else None
+    if isinstance(src, fx.Node):
+        module = graph.module_of(src)
+        if isinstance(module, FixedPoint):
+            return module
+    return None
+
+
+def quantization_row(graph: MaseGraph, w: Weight) -> dict:
+    """The summary row of one compressible weight (see the module docstring)."""
+    module, name = w.module, w.tensor_name
     with torch.no_grad():
-        weight = module.weight.detach()
-        mask = get_mask(module)
-        q = quantizer_of(module)
+        weight = w.value()
+        mask = get_mask(module, name)
+        q = quantizer_of(module, name)
         if isinstance(q, KMeansWeight):
             mask = q.mask
         kept_values = weight if mask is None or bool(mask.all()) else torch.masked_select(weight, mask)
@@ -69,17 +74,19 @@ def quantization_row(graph: MaseGraph, node: fx.Node) -> dict:
     else:
         arithmetic, bits = "none", 32
         weight_bits = 32 * numel
-    bias = module.bias
-    bias_q = quantizer_of(module, "bias") if bias is not None else None
+    bias = getattr(module, w.bias_name) if w.bias_name else None
+    bias_q = quantizer_of(module, w.bias_name) if bias is not None else None
     bias_width = bias_q.width if isinstance(bias_q, FixedPoint) else 32
     bias_bits = bias.numel() * bias_width if bias is not None else 0
-    data_in = input_quantizer(graph, node)
+    nodes = graph.call_nodes(w.qualname)
+    data_in = input_quantizer(graph, nodes[0]) if nodes else None
     fp32 = 32 * (numel + (bias.numel() if bias is not None else 0))
     size = weight_bits + bias_bits
     return {
-        "name": node.name,
-        "module": str(node.target),
-        "type": op_type(module),
+        "name": w.name,
+        "module": w.qualname,
+        "tensor": name,
+        "type": w.kind.name,
         "arithmetic": arithmetic,
         "bits": bits,
         "clusters": int(q.centroids.numel()) if isinstance(q, KMeansWeight) else None,
@@ -112,34 +119,35 @@ def totals(rows: list[dict]) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """The rows as a fixed-width text table (for logs and notebooks)."""
-    head = (f"{'layer':<24} {'type':<7} {'arith':<8} {'bits':>4} {'distinct':>8} {'kept':>10} {'size kB':>10} "
+    head = (f"{'layer':<24} {'type':<15} {'arith':<8} {'bits':>4} {'distinct':>8} {'kept':>10} {'size kB':>10} "
             f"{'ratio':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['name']:<24} {r['type']:<7} {r['arithmetic']:<8} {r['bits']:>4} {r['distinct']:>8} {r['kept']:>10} "
+            f"{r['name']:<24} {r['type']:<15} {r['arithmetic']:<8} {r['bits']:>4} {r['distinct']:>8} {r['kept']:>10} "
             f"{r['size_bits'] / 8192:>10.1f} {r['compression'] or 0:>7.2f}"
         )
     t = totals(rows)
     ratio = f"{t['compression']:.2f}" if t["compression"] else "-"
-    lines.append(f"{'total':<24} {'':<7} {'':<8} {'':>4} {'':>8} {t['kept']:>10} {t['size_bits'] / 8192:>10.1f} "
+    lines.append(f"{'total':<24} {'':<15} {'':<8} {'':>4} {'':>8} {t['kept']:>10} {t['size_bits'] / 8192:>10.1f} "
                  f"{ratio:>7}")
     return "\n".join(lines)
 
 
 def summarize_quantization(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
-    """Describe how every Conv2d/Linear layer is quantized (reads the model, changes nothing but metadata).
+    """Describe how every compressible weight is quantized (reads the model, changes nothing but metadata).
 
     Returns ``info = {"layers": [row, ...], "total": {...}}`` and writes each
-    row to ``graph.meta(node)["software"]["quantize"]``. Takes no options.
+    row of a weight whose module has a node to ``graph.meta(node)["software"]["quantize"]``.
+    Takes no options.
     """
-    if pass_args:
-        step = getattr(graph.context, "step", None) or "summarize_quantization"
-        raise ConfigError(join(f"passes.{step}", next(iter(pass_args))), "unknown key; this pass takes no options")
+    from_dict(NoOptions, pass_args, pass_path(graph.context.step, "passes.summarize_quantization"))
     rows = []
-    for node in graph.layer_nodes():
-        row = quantization_row(graph, node)
-        graph.meta(node)["software"]["quantize"] = row
+    by_name = {n.name: n for n in graph.nodes}
+    for w in graph.weights():
+        row = quantization_row(graph, w)
+        if w.node is not None:
+            graph.meta(by_name[w.node])["software"]["quantize"] = row
         rows.append(row)
     logger.info("quantization summary\n%s", format_table(rows))
     return graph, {"layers": rows, "total": totals(rows)}

@@ -1,7 +1,8 @@
 """A whole model as a Deep Compression file (§4): Huffman-coded sparse quantized weights + raw rest.
 
-Per quantized Conv2d/Linear layer (`weight_codes` is not None) the file
-stores, over the flattened weight:
+Per quantized weight (every compressible weight, see
+`machop.nn.compressible_weights`, whose `weight_codes` is not None; a tied
+weight once) the file stores, over the flattened weight:
 
 - the **values**: the code (k-means cluster index, or fixed-point integer
   code) of every kept weight (``mask`` True, including kept weights equal
@@ -17,10 +18,14 @@ stores, over the flattened weight:
 
 Values and gaps are each Huffman-coded with their own canonical table
 (`codec`). Every other state-dict entry (biases, batch norm, masks of
-layers stored raw, inserted modules' buffers) is stored raw, little-endian.
-The JSON header also holds `describe_structure` (registry model name,
-dataset info, parametrization chains, inserted modules) and every state-dict
-key with its shape and dtype, so decoding needs only the model registry.
+layers stored raw, inserted modules' buffers) is stored raw, little-endian,
+once: a key holding the same tensor as an earlier one (a tied weight's
+second site) is recorded as an alias of it. The JSON header also holds
+`describe_structure` (registry model name or your model's class name,
+dataset info, ties, parametrization chains, inserted modules) and every
+state-dict key with its shape and dtype. A file holds no code: decoding a
+registry model needs only its name, decoding your own model takes the model
+(its architecture is checked against the file first).
 """
 
 from __future__ import annotations
@@ -33,9 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from machop.ir import MaseGraph, PassContext
-from machop.ir.serialize import apply_structure, describe_structure
-from machop.passes.graph.analysis.stats import dense_parameter_count
+from machop.ir import ArchitectureMismatch, MaseGraph, PassContext
+from machop.ir.serialize import (
+    apply_structure,
+    base_graph,
+    check_architecture,
+    describe_structure,
+    first_mismatch,
+    same_signature,
+)
+from machop.nn import WeightCodes, dense_parameter_count, is_rebuildable, load_weight_codes, weight_codes
 
 from . import codec
 from .format import CompressedFileError, pack_container, unpack_container
@@ -43,7 +55,6 @@ from .format import CompressedFileError, pack_container, unpack_container
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "machop.huffman"
-LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _DTYPES: dict[str, torch.dtype] = {
     str(d).removeprefix("torch."): d
     for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -91,48 +102,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def state_signature(model: nn.Module) -> list[list]:
-    """``[key, shape, dtype]`` for every state-dict entry, in state-dict order."""
+    """``[key, shape, dtype]`` for every state-dict entry, in state-dict order (dtypes a file can hold)."""
     return [[k, list(v.shape), _dtype_name(v.dtype)] for k, v in model.state_dict().items()]
-
-
-def base_signature(signature: list[list], structure: dict) -> list[list]:
-    """The signature of the dense architecture underneath ``structure``.
-
-    ``a.parametrizations.w.original`` becomes ``a.w``; other parametrization
-    tensors and those of inserted modules are dropped.
-    """
-    inserted = tuple(rec["name"] + "." for rec in structure.get("inserted", []))
-    out = []
-    for key, shape, dtype in signature:
-        if inserted and key.startswith(inserted):
-            continue
-        if ".parametrizations." in f".{key}":
-            head, _, tail = f".{key}".partition(".parametrizations.")
-            tensor, _, rest = tail.partition(".")
-            if rest != "original":
-                continue
-            key = f"{head}.{tensor}".lstrip(".")
-        out.append([key, shape, dtype])
-    return out
-
-
-def _same(a: list[list], b: list[list]) -> bool:
-    """Signatures equal as sets of (key, shape, dtype): state-dict order does not matter for loading."""
-    return len(a) == len(b) and {k: (s, d) for k, s, d in a} == {k: (s, d) for k, s, d in b}
-
-
-def _first_mismatch(got: list[list], want: list[list]) -> str:
-    got_map, want_map = {k: (s, d) for k, s, d in got}, {k: (s, d) for k, s, d in want}
-    for key, shape, dtype in want:
-        if key not in got_map:
-            return f"the model has no tensor {key!r}"
-        if got_map[key] != (shape, dtype):
-            s, d = got_map[key]
-            return f"{key!r} is {d}{s} in the model but {dtype}{shape} in the file"
-    for key, _, _ in got:
-        if key not in want_map:
-            return f"the model has a tensor {key!r} that the file does not"
-    return "no difference"
 
 
 # --------------------------------------------------------------------------- raw tensors
@@ -159,61 +130,69 @@ def _nbytes(shape: list[int], dtype: str) -> int:
 # --------------------------------------------------------------------------- encode
 
 
-def _coded_layers(graph: MaseGraph, allow_raw: bool) -> tuple[list[tuple[str, str, Any]], list[str]]:
-    """(qualname, node name, WeightCodes) of each quantized Conv2d/Linear; qualnames stored raw."""
-    from machop.passes.graph.transforms.quantize import weight_codes
-
-    node_of = {n.target: n.name for n in graph.nodes if n.op == "call_module"}
+def _coded_weights(graph: MaseGraph, allow_raw: bool) -> tuple[list[tuple[Any, WeightCodes]], list[dict]]:
+    """([(Weight, WeightCodes)] of each quantized weight, [{name, type, reason}] of the weights stored raw)."""
     coded, raw = [], []
-    for qualname, module in graph.model.named_modules():
-        if not isinstance(module, LAYER_TYPES):
-            continue
-        codes = weight_codes(module)
-        node = node_of.get(qualname, qualname)
+    for w in graph.weights():
+        codes = weight_codes(w.module, w.tensor_name)
         if codes is None:
             if not allow_raw:
                 raise ValueError(
-                    f"huffman_encode: layer {node} ({type(module).__name__.removeprefix('Parametrized')}) is not "
-                    "quantized; run the quantize pass first (prune → quantize → huffman), or set allow_raw = true "
-                    "to store it uncompressed"
+                    f"huffman_encode: weight {w.name} ({w.kind.name}) is not quantized; run the quantize pass first "
+                    "(prune → quantize → huffman), or set allow_raw = true to store it uncompressed"
                 )
-            raw.append(qualname)
+            raw.append({"name": w.name, "type": w.kind.name, "reason": "not quantized (allow_raw): stored as fp32"})
             continue
-        coded.append((qualname, node, codes))
+        coded.append((w, codes))
     return coded, raw
 
 
-def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False) -> tuple[bytes, dict]:
-    """The compressed file of ``graph`` as bytes, and a report (per layer and total).
+def _record_name(qualname: str, tensor: str) -> str:
+    return qualname if tensor == "weight" else f"{qualname}.{tensor}"
 
-    Raises ValueError naming the first Conv2d/Linear layer that is not
-    quantized, unless ``allow_raw``.
+
+def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False) -> tuple[bytes, dict]:
+    """The compressed file of ``graph`` as bytes, and a report (per weight and total).
+
+    Raises ValueError naming the first compressible weight that is not
+    quantized, unless ``allow_raw`` (then the report lists it in ``raw_layers``).
     """
     if not 1 <= index_bits <= 16:
         raise ValueError(f"index_bits must be in [1, 16], got {index_bits}")
     structure = describe_structure(graph)
-    coded, raw_layers = _coded_layers(graph, allow_raw)
-    state = graph.model.state_dict()
+    coded, raw_layers = _coded_weights(graph, allow_raw)
+    state = graph.model.state_dict(keep_vars=True)
     signature = state_signature(graph.model)
-    coded_prefixes = tuple(f"{q}.parametrizations.weight." for q, _, _ in coded)
-    raw_keys = [k for k in state if not k.startswith(coded_prefixes)]
+    aliases: dict[str, str] = {}
+    first_key: dict[int, str] = {}
+    for key, tensor in state.items():
+        if id(tensor) in first_key:
+            aliases[key] = first_key[id(tensor)]
+        else:
+            first_key[id(tensor)] = key
+    coded_prefixes = tuple(
+        f"{q}.parametrizations.{t}.".lstrip(".") for w, _ in coded for q, _, t in w.sites
+    )
+    raw_keys = [k for k in state if not k.startswith(coded_prefixes) and k not in aliases]
     sections: list[tuple[str, bytes]] = [("raw", b"".join(_tensor_bytes(state[k]) for k in raw_keys))]
     layers, rows = [], []
     v_total = g_total = 0
-    for qualname, node, wc in coded:
+    for w, wc in coded:
         codes = wc.codes.detach().cpu().reshape(-1).numpy()
         mask = wc.mask.detach().cpu().reshape(-1).numpy()
         codebook = wc.codebook.detach().cpu().to(torch.float32).contiguous()
         positions = np.flatnonzero(mask)
         values = codes[positions].astype(np.int64)
         if values.size and (values.min() < 0 or values.max() >= codebook.numel()):
-            raise ValueError(f"huffman_encode: layer {node} has codes outside its codebook of {codebook.numel()}")
+            raise ValueError(f"huffman_encode: weight {w.name} has codes outside its codebook of {codebook.numel()}")
         v_stream = codec.encode(values)
         g_stream = codec.encode(gap_encode(positions, index_bits))
         book = _tensor_bytes(codebook)
-        sections.append((f"layer:{qualname}", v_stream.data() + g_stream.data() + book))
+        name = _record_name(w.qualname, w.tensor_name)
+        sections.append((f"layer:{name}", v_stream.data() + g_stream.data() + book))
         layers.append({
-            "name": qualname, "node": node, "shape": list(wc.codes.shape), "kind": wc.kind, "bits": int(wc.bits),
+            "name": name, "module": w.qualname, "tensor": w.tensor_name, "node": w.name,
+            "shape": list(wc.codes.shape), "kind": wc.kind, "bits": int(wc.bits),
             "codebook_size": int(codebook.numel()), "nnz": int(positions.size),
             "values": v_stream.meta(), "gaps": g_stream.meta(),
         })
@@ -221,8 +200,8 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         v_total, g_total = v_total + v_bits, g_total + g_bits
         nnz = int(positions.size)
         rows.append({
-            "layer": node, "kind": wc.kind, "bits": int(wc.bits), "numel": int(mask.size), "nnz": nnz,
-            "density": nnz / mask.size if mask.size else 0.0,
+            "layer": w.name, "type": w.kind.name, "kind": wc.kind, "bits": int(wc.bits), "numel": int(mask.size),
+            "nnz": nnz, "density": nnz / mask.size if mask.size else 0.0,
             "bits_per_weight": v_bits / nnz if nnz else 0.0,  # Huffman-coded value bits per kept weight
             "bits_per_index": g_bits / nnz if nnz else 0.0,  # Huffman-coded relative-position bits per kept weight
             "entropy_per_weight": _entropy(values), "gap_symbols": int(g_stream.count),
@@ -235,6 +214,7 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         "structure": structure,
         "tensors": signature,
         "raw": raw_keys,
+        "aliases": aliases,
         "index_bits": index_bits,
         "dense_params": dense_params,
         "layers": layers,
@@ -256,6 +236,7 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
             "bits_per_index": g_total / total_nnz if total_nnz else 0.0,
             "layer_bytes": sum(r["bytes"] for r in rows),
             "raw_bytes": len(sections[0][1]),
+            "raw_tensors": len(raw_keys),
             "header_bytes": len(data) - sum(len(d) for _, d in sections),
         },
     }
@@ -284,10 +265,11 @@ class _Decoded:
             self.structure: dict = header["structure"]
             self.signature: list[list] = [[str(k), [int(x) for x in s], str(d)] for k, s, d in header["tensors"]]
             self.raw_keys: list[str] = list(header["raw"])
+            self.aliases: dict[str, str] = {str(k): str(v) for k, v in header.get("aliases", {}).items()}
             self.index_bits = int(header["index_bits"])
             self.layers: list[dict] = list(header["layers"])
-            self.model_name = str(self.structure["model"])
-            self.dataset_info = dict(self.structure["dataset_info"])
+            self.model_name = self.structure["model"]
+            list(self.structure["inserted"]), list(self.structure["parametrizations"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CompressedFileError(f"{name}: malformed header ({type(e).__name__}: {e})") from None
         if any(d not in _DTYPES for _, _, d in self.signature):
@@ -297,15 +279,15 @@ class _Decoded:
     def fail(self, message: str) -> CompressedFileError:
         return CompressedFileError(f"{self.name}: {message}")
 
-    def tensors(self) -> tuple[dict[str, torch.Tensor], list[tuple[str, Any]]]:
-        """(state dict with placeholders for coded tensors, [(qualname, WeightCodes)])."""
-        from machop.passes.graph.transforms.quantize import WeightCodes
-
+    def tensors(self) -> tuple[dict[str, torch.Tensor], list[tuple[str, str, WeightCodes]]]:
+        """(state dict with placeholders for coded tensors, [(module qualname, tensor name, WeightCodes)])."""
         sig = {k: (s, d) for k, s, d in self.signature}
         self._shapes = {k: s for k, (s, _) in sig.items()}
         raw = self.sections.get("raw")
         if raw is None or any(k not in sig for k in self.raw_keys):
             raise self.fail("raw section or raw keys missing")
+        if any(k not in sig or v not in sig or sig[k] != sig[v] for k, v in self.aliases.items()):
+            raise self.fail("an alias names a tensor that is not recorded, or one of another shape")
         sizes = [_nbytes(*sig[k]) for k in self.raw_keys]
         if sum(sizes) != len(raw):
             raise self.fail(f"raw section has {len(raw)} bytes, expected {sum(sizes)}")
@@ -317,20 +299,25 @@ class _Decoded:
         codes = []
         for rec in self.layers:
             try:
-                codes.append((rec["name"], self._layer(rec, WeightCodes)))
+                module, tensor = str(rec.get("module", rec["name"])), str(rec.get("tensor", "weight"))
+                codes.append((module, tensor, self._layer(rec, module, tensor)))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 if isinstance(e, CompressedFileError):
                     raise
                 raise self.fail(f"a layer record is malformed ({type(e).__name__}: {e})") from None
-        prefixes = tuple(f"{q}.parametrizations.weight." for q, _ in codes)
+        prefixes = tuple(f"{q}.parametrizations.{t}.".lstrip(".") for q, t, _ in codes)
         for key, shape, dtype in self.signature:
-            if key not in state:
+            if key not in state and key not in self.aliases:
                 if not key.startswith(prefixes):
                     raise self.fail(f"tensor {key!r} is neither stored raw nor coded")
                 state[key] = torch.zeros(shape, dtype=_DTYPES[dtype])
+        for key, first in self.aliases.items():
+            if first not in state:
+                raise self.fail(f"alias {key!r} names {first!r}, which is not stored")
+            state[key] = state[first]
         return state, codes
 
-    def _layer(self, rec: dict, WeightCodes: type) -> Any:
+    def _layer(self, rec: dict, module: str, tensor: str) -> WeightCodes:
         name = rec["name"]
         data = self.sections.get(f"layer:{name}")
         if data is None:
@@ -339,7 +326,7 @@ class _Decoded:
         numel = int(np.prod(shape, dtype=np.int64))
         k = int(rec["codebook_size"])
         v_meta, g_meta = rec["values"], rec["gaps"]
-        recorded = self._shapes.get(f"{name}.parametrizations.weight.original")
+        recorded = self._shapes.get(f"{module}.parametrizations.{tensor}.original".lstrip("."))
         if recorded != shape:
             raise self.fail(f"layer {name!r} has shape {shape} but its tensor is recorded as {recorded}")
         if not int(rec["nnz"]) == int(v_meta["count"]) <= numel or int(g_meta["count"]) > numel:
@@ -365,38 +352,26 @@ class _Decoded:
             mask=torch.from_numpy(flat_mask).reshape(shape), bits=int(rec["bits"]), kind=str(rec["kind"]),
         )
 
-    def fresh_graph(self, context: PassContext | None, state: dict[str, torch.Tensor]) -> MaseGraph:
-        """The registry model with the file's structure re-created; architecture checked."""
-        from machop.datasets import DatasetInfo
-        from machop.models import MODELS, get_model
-
-        if self.model_name not in MODELS:
-            raise self.fail(f"model {self.model_name!r} is not in this machop's registry")
-        info = DatasetInfo(**self.dataset_info)
-        context = context if context is not None else PassContext()
-        context.model_name, context.dataset_info = self.model_name, info
-        graph = MaseGraph(get_model(self.model_name, info), context=context)
-        base = state_signature(graph.model)
-        if not _same(base, base_signature(self.signature, self.structure)):
-            raise self.fail(
-                f"{self.model_name} in this machop differs from the file's: "
-                + _first_mismatch(base, base_signature(self.signature, self.structure))
-            )
+    def structured_graph(self, graph: MaseGraph, state: dict[str, torch.Tensor]) -> MaseGraph:
+        """``graph`` (a dense model) with the file's structure re-created on it; architecture checked first."""
+        try:
+            check_architecture(graph, self.signature, self.structure)
+        except ArchitectureMismatch as e:
+            what = self.model_name or self.structure.get("class") or "model"
+            raise self.fail(f"the model does not match the file's {what}: {e}") from None
         try:
             apply_structure(graph, self.structure, state)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise self.fail(f"cannot re-create the model's structure ({type(e).__name__}: {e})") from None
         return graph
 
-    def load_into(self, graph: MaseGraph, state: dict[str, torch.Tensor], codes: list[tuple[str, Any]]) -> None:
-        from machop.passes.graph.transforms.quantize import load_weight_codes
-
+    def load_into(self, graph: MaseGraph, state: dict[str, torch.Tensor], codes: list[tuple[str, str, WeightCodes]]) -> None:
         got = state_signature(graph.model)
-        if not _same(got, self.signature):
-            raise self.fail("model does not match the file: " + _first_mismatch(got, self.signature))
+        if not same_signature(got, self.signature):
+            raise self.fail("model does not match the file: " + first_mismatch(got, self.signature))
         graph.model.load_state_dict(state, strict=True)
-        for qualname, wc in codes:
-            load_weight_codes(graph.model.get_submodule(qualname), wc)
+        for qualname, tensor, wc in codes:
+            load_weight_codes(graph.model.get_submodule(qualname), wc, tensor)
 
 
 def _stream_bytes(meta: dict) -> int:
@@ -407,54 +382,56 @@ def _stream_bytes(meta: dict) -> int:
 
 
 def decode_model(
-    data: bytes, graph: MaseGraph | None = None, name: str = "compressed file", context: PassContext | None = None
+    data: bytes,
+    graph: MaseGraph | None = None,
+    name: str = "compressed file",
+    context: PassContext | None = None,
+    model: nn.Module | MaseGraph | None = None,
 ) -> MaseGraph:
-    """Load a compressed file (``data``: its bytes) into ``graph``, or into a new graph if None.
+    """Load a compressed file (``data``: its bytes) into a graph; returns the graph that holds the decoded model.
 
-    - ``graph`` None: the registry model named in the file is built and
-      given the file's structure (`load_compressed`), with ``context`` (a
-      new one by default) as its context.
     - ``graph`` with the file's exact state-dict layout (e.g. the graph
       that was encoded): loaded in place.
-    - ``graph`` of the same dense architecture but another structure (e.g.
-      a fresh, unpruned model): a new graph is built as for None, keeping
-      ``graph.context`` and ``graph.dummy_input``.
+    - ``graph`` of the file's dense architecture with no masks or codebooks
+      (e.g. ``MaseGraph(MyNet())``): the file's structure is re-created on it.
+    - ``graph`` of a registry model with another structure: a new graph of
+      that model is built, keeping ``graph.context`` and ``graph.dummy_input``.
+    - ``graph`` None: ``model`` if given (your own model, or a MaseGraph of
+      it), else the registry model the file names, with ``context``.
     - anything else: CompressedFileError naming the first mismatching
       tensor, raised before any weight is touched.
 
     The file is fully checked and decoded before any weight changes.
-    Returns the graph that holds the decoded model.
     """
     decoded = _Decoded(data, name)
-    if graph is not None:
-        got = state_signature(graph.model)
-        if not _same(got, decoded.signature):
-            want_base = base_signature(decoded.signature, decoded.structure)
-            got_base = base_signature(got, _inserted_structure(graph))
-            ctx_name = graph.context.model_name
-            if ctx_name is not None and ctx_name != decoded.model_name:
-                raise decoded.fail(f"file holds a {decoded.model_name}, the graph is a {ctx_name}")
-            if not _same(got_base, want_base):
-                raise decoded.fail("model architecture does not match the file: " + _first_mismatch(got_base, want_base))
     state, codes = decoded.tensors()
-    if graph is None or not _same(state_signature(graph.model), decoded.signature):
-        fresh = decoded.fresh_graph(graph.context if graph is not None else context, state)
-        if graph is not None:
+    if graph is None:
+        try:
+            graph = base_graph(decoded.structure, model, name, context)
+        except ValueError as e:
+            raise decoded.fail(str(e).removeprefix(f"{name} ")) from None
+        graph = decoded.structured_graph(graph, state)
+    elif not same_signature(state_signature(graph.model), decoded.signature):
+        ctx_name = graph.context.model_name
+        if ctx_name is not None and ctx_name != decoded.model_name:
+            raise decoded.fail(f"file holds a {decoded.model_name or decoded.structure.get('class')}, "
+                               f"the graph is a {ctx_name}")
+        if not _plain(graph):
+            if ctx_name is None:
+                raise decoded.fail("the graph already holds masks or codebooks that differ from the file's; "
+                                   "decode into a fresh model")
+            fresh = base_graph(decoded.structure, None, name, graph.context)
             fresh.dummy_input = graph.dummy_input
-            device = _device_of(graph.model)
-            fresh.model.to(device)
-        graph = fresh
+            fresh.model.to(_device_of(graph.model))
+            graph = fresh
+        graph = decoded.structured_graph(graph, state)
     decoded.load_into(graph, state, codes)
     return graph
 
 
-def _inserted_structure(graph: MaseGraph) -> dict:
-    """The names of modules inserted into ``graph`` by passes: all `base_signature` needs."""
-    from machop.ir.serialize import REBUILDABLE
-
-    inserted = [{"name": n.target} for n in graph.nodes
-                if n.op == "call_module" and type(graph.module_of(n)).__name__ in REBUILDABLE]
-    return {"inserted": inserted}
+def _plain(graph: MaseGraph) -> bool:
+    """True if no pass has added anything to ``graph`` (no parametrization, no inserted module)."""
+    return not any(is_rebuildable(m) for m in graph.model.modules())
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -471,6 +448,5 @@ def file_header(data: bytes, name: str = "compressed file") -> dict:
 
 
 __all__ = [
-    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "state_signature",
-    "base_signature", "dense_parameter_count", "file_header",
+    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "state_signature", "file_header",
 ]

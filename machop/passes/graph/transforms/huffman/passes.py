@@ -4,7 +4,7 @@
 [passes.huffman]
 is_huffman = true      # false: skip (the seed's switch)
 index_bits = 5         # width of a relative position (gap) symbol, 1..16; a longer gap uses fillers
-allow_raw = false      # true: store Conv2d/Linear layers that are not quantized uncompressed instead of failing
+allow_raw = false      # true: store compressible weights that are not quantized uncompressed instead of failing
 path = "NA"            # file to write/read; default: <graph.context.output_dir>/model.mchz
 verify = true          # huffman: check the decoded model's outputs equal the encoded one's, bit for bit
 ```
@@ -12,15 +12,19 @@ verify = true          # huffman: check the decoded model's outputs equal the en
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
-from machop.config import ConfigError, check_range, from_dict, join
+from machop.config import ConfigError, check_range, from_dict, join, pass_path
 from machop.ir import MaseGraph, PassContext
+from machop.nn import is_rebuildable, weight_codes
 
 from .format import write_atomic
 from .model import decode_model, encode_model
@@ -51,6 +55,26 @@ def parse_huffman_args(pass_args: dict | None, path: str = "passes.huffman") -> 
     return from_dict(HuffmanArgs, pass_args, path)
 
 
+def check_encode_args(graph: MaseGraph, args: HuffmanArgs, path: str, earlier: list[str]) -> None:
+    """Refuse a Huffman step planned before any quantize step while ``graph`` has unquantized weights."""
+    if not args.is_huffman or args.allow_raw or "quantize" in earlier:
+        return
+    raw = [w.name for w in graph.weights() if weight_codes(w.module, w.tensor_name) is None]
+    if raw:
+        raise ConfigError(path, f"comes before any quantize step, but weight(s) {', '.join(raw[:5])} are not quantized: "
+                                "put a [passes.quantize] table before it, or set allow_raw = true")
+
+
+def check_decode_args(graph: MaseGraph, args: HuffmanArgs, path: str, earlier: list[str]) -> None:
+    """Refuse a decode step whose file neither exists nor is written by an earlier step."""
+    if not args.is_huffman or {"huffman", "huffman_encode"} & set(earlier):
+        return
+    if args.path is None:
+        raise ConfigError(join(path, "path"), "no earlier huffman_encode step writes the file: give the path of one")
+    if not Path(args.path).is_file():
+        raise ConfigError(join(path, "path"), f"no such file: {args.path}")
+
+
 def compressed_path(graph: MaseGraph, args: HuffmanArgs, path: str = "passes.huffman") -> Path:
     """``args.path``, else ``<graph.context.output_dir>/model.mchz``."""
     if args.path is not None:
@@ -71,35 +95,41 @@ def huffman_encode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tupl
     fp32 bytes = 4 x float parameters of the dense model, weights and
     biases; ``ratio`` = dense bytes / file bytes). The graph is unchanged.
     """
-    args = parse_huffman_args(pass_args, "passes.huffman_encode")
+    path = pass_path(graph.context.step, "passes.huffman_encode")
+    args = parse_huffman_args(pass_args, path)
     if not args.is_huffman:
         return graph, {"is_huffman": False}
-    return graph, _encode(graph, args, "passes.huffman_encode")
+    return graph, _encode(graph, args, path)
 
 
 def huffman_decode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Load a compressed file into ``graph`` (see `decode_model` for when a new graph is returned)."""
-    args = parse_huffman_args(pass_args, "passes.huffman_decode")
+    path = pass_path(graph.context.step, "passes.huffman_decode")
+    args = parse_huffman_args(pass_args, path)
     if not args.is_huffman:
         return graph, {"is_huffman": False}
-    return _decode(graph, compressed_path(graph, args, "passes.huffman_decode"))
+    return _decode(graph, compressed_path(graph, args, path))
 
 
 def huffman_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """``[passes.huffman]``: encode, rebuild the model from the file alone, and (``verify``) check outputs are bit-identical.
 
-    The check runs the model in eval mode on ``graph.dummy_input``, or on a
-    fixed random batch shaped by ``graph.context.dataset_info``. ``info`` is
-    the encode info plus ``verified``.
+    A registry model is rebuilt by name; your own model is rebuilt on a
+    dense copy of it (every mask, codebook and inserted module taken away
+    first), so the check covers everything the file must restore. It runs the
+    model in eval mode on ``graph.dummy_input``, or on a fixed random batch
+    shaped by ``graph.context.dataset_info``. ``info`` is the encode info plus ``verified``.
     """
-    args = parse_huffman_args(pass_args, "passes.huffman")
+    path = pass_path(graph.context.step, "passes.huffman")
+    args = parse_huffman_args(pass_args, path)
     if not args.is_huffman:
         return graph, {"is_huffman": False}
     batch = _check_batch(graph) if args.verify else None
     before = _outputs(graph, batch) if batch is not None else None
-    info = _encode(graph, args, "passes.huffman")
+    info = _encode(graph, args, path)
     # rebuild from the file alone, so the check also covers what a fresh reader restores (structure, specs)
-    decoded = load_compressed(info["path"], graph.context)
+    model = None if graph.context.model_name is not None else dense_copy(graph)
+    decoded = load_compressed(info["path"], model=model, context=graph.context)
     decoded.dummy_input = graph.dummy_input
     graph = decoded
     info["verified"] = False
@@ -131,15 +161,31 @@ def _decode(graph: MaseGraph, source: Path) -> tuple[MaseGraph, dict]:
     return graph, {"is_huffman": True, "path": str(source), "file_bytes": os.path.getsize(source)}
 
 
-def load_compressed(path: str | os.PathLike, context: PassContext | None = None) -> MaseGraph:
-    """A MaseGraph rebuilt from a compressed file alone (the model comes from the registry).
+def load_compressed(
+    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None
+) -> MaseGraph:
+    """A MaseGraph decoded from a compressed file.
 
-    ``context`` (default: a new one) gets the file's model name and dataset info.
+    ``model``: your own model (or a MaseGraph of it) to decode into; its
+    architecture is checked against the file first. None: the registry
+    model the file names. ``context`` (default: a new one) becomes the graph's context.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    return decode_model(path.read_bytes(), None, name=str(path), context=context)
+    return decode_model(path.read_bytes(), None, name=str(path), context=context, model=model)
+
+
+def dense_copy(graph: MaseGraph) -> MaseGraph:
+    """A copy of ``graph`` with every mask, codebook and inserted module taken away: the dense architecture."""
+    copied = MaseGraph(copy.deepcopy(graph.model), context=graph.context)
+    for node in [n for n in copied.nodes if n.op == "call_module" and is_rebuildable(copied.module_of(n))]:
+        copied.remove_module_node(node)
+    for module in list(copied.model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    return copied
 
 
 def _check_batch(graph: MaseGraph) -> torch.Tensor | None:

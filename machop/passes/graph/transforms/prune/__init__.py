@@ -1,4 +1,4 @@
-"""Pruning: weight masks (parametrizations) and activation masks (inserted modules) for Conv2d/Linear layers.
+"""Pruning: weight masks (parametrizations) and activation masks (inserted modules) on every layer machop compresses.
 
 ```python
 from machop.passes.graph.transforms.prune import prune_transform_pass
@@ -6,29 +6,25 @@ graph, info = prune_transform_pass(graph, {"weight": {"sparsity": 0.9, "method":
 ```
 
 See `prune` (the pass), `args` (the config), `weight_methods` and
-`activation_methods` (what each method does), `ranking` (exact top-k) and
-`masks` (the WeightMask parametrization).
+`activation_methods` (what each method does). The mask itself
+(`WeightMask`) and the inserted module (`ActivationPrune`) live in
+`machop.nn`.
 """
 
-from .activation_methods import ACTIVATION_METHODS, ActivationPrune
+from .activation_methods import ACTIVATION_METHODS
 from .args import METHODS, ActivationPruneArgs, PruneArgs, WeightPruneArgs, parse_prune_args
-from .masks import WeightMask, apply_mask, get_mask, remove_masks
-from .prune import prune_remove_pass, prune_transform_pass
+from .prune import check_prune_args, prune_remove_pass, prune_transform_pass
 from .weight_methods import WEIGHT_METHODS
 
 __all__ = [
     "prune_transform_pass",
     "prune_remove_pass",
     "parse_prune_args",
+    "check_prune_args",
     "PruneArgs",
     "WeightPruneArgs",
     "ActivationPruneArgs",
     "METHODS",
     "WEIGHT_METHODS",
     "ACTIVATION_METHODS",
-    "ActivationPrune",
-    "WeightMask",
-    "apply_mask",
-    "get_mask",
-    "remove_masks",
 ]

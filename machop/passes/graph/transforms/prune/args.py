@@ -9,16 +9,19 @@ sparsity = 0.5                 # [0, 1), or a table {default = 0.5, conv1 = 0.2}
 scope = "local"                # local | global
 granularity = "elementwise"    # elementwise | kernelwise | channelwise
 method = "l1-norm"             # see METHODS; defaults to the first listed for the scope/granularity
-exclude = ["fc2"]              # node names left dense
-seed = 0                       # random methods; default: graph.context.seed
+types = ["conv2d", "linear"]   # layer kinds to prune (default: every kind; see machop.nn.KINDS)
+exclude = ["fc2"]              # weights left dense: node, module or weight names (a module covers its weights)
+seed = 0                       # random methods; default: graph.context.training.seed
 
 [passes.prune.activation]      # optional; same keys, plus
 calibration_samples = 256      # data-driven methods only
 ```
 
-Everything that can be checked without the graph is checked here; node
-names (in ``exclude`` and per-layer sparsity) and kernelwise-on-Linear are
-checked against the graph by the pass, still before it changes anything.
+Everything that can be checked without the graph is checked here; names
+(in ``exclude`` and per-layer sparsity), kinds in ``types`` that the model
+lacks, and granularities a selected weight has no groups for (kernelwise on
+a Linear) are checked against the graph (`check_prune_args`), before
+anything changes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from machop.config import ConfigError, check_range, from_dict, join
+
+from machop.nn import KIND_NAMES
 
 from .activation_methods import ACTIVATION_METHODS
 from .weight_methods import WEIGHT_METHODS
@@ -50,6 +55,7 @@ class WeightPruneArgs:
     scope: Literal["local", "global"] = "local"
     granularity: Literal["elementwise", "kernelwise", "channelwise"] = "elementwise"
     method: str | None = None
+    types: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     seed: int | None = None
 
@@ -83,13 +89,10 @@ class WeightPruneArgs:
                 f"choose from {', '.join(methods)}{hint}",
             )
         if len(set(self.exclude)) != len(self.exclude):
-            raise ConfigError(join(path, "exclude"), "lists a node name twice")
-
-    def sparsity_of(self, node_name: str) -> float:
-        """The target sparsity of one layer (its per-layer entry or the default)."""
-        if isinstance(self.sparsity, dict):
-            return self.sparsity.get(node_name, self.sparsity["default"])
-        return self.sparsity
+            raise ConfigError(join(path, "exclude"), "lists a name twice")
+        for i, name in enumerate(self.types or []):
+            if name not in KIND_NAMES:
+                raise ConfigError(join(path, f"types[{i}]"), f"unknown layer type {name!r}; choose from {', '.join(KIND_NAMES)}")
 
     def how(self) -> dict:
         """The JSON record of this config kept with each mask (for reports)."""

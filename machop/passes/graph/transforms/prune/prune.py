@@ -1,13 +1,23 @@
 """The prune pass (`prune_transform_pass`) and the mask-baking pass (`prune_remove_pass`).
 
-Which layers: every ``call_module`` node whose module is a Conv2d or Linear
-(no names, shapes or kernel sizes are assumed), minus ``exclude``. Node names
-are fx node names (``layer1_0_conv1``); the module's qualified name
-(``layer1.0.conv1``) is accepted as an alias.
+Which weights: every compressible weight of the model (`machop.nn.KINDS`:
+Linear, Conv1d/2d/3d, ConvTranspose, Embedding, attention projections, RNN
+weights), narrowed by ``types`` and ``exclude``. A weight is named by its
+fx node (``layer1_0_conv1``) or, where its module has no node of its own,
+by the module's qualified name (``enc.self_attn.out_proj``), plus
+``.tensor`` when it is not called ``weight`` (``lstm.weight_hh_l0``). A
+config may also name a module (``layer1.0.conv1``) or any parent module
+(``enc``): that selects every weight under it; the most specific name
+wins. A tied weight (one parameter used by several modules) is one weight:
+one mask at every site. Everything left dense is listed in ``info["dense"]``
+with the reason.
 
-Exactness: each pruned layer loses exactly ``round(sparsity * n)`` groups of
-its ``n`` (``global``: that many over all pruned layers together), ties broken
-by position (see `ranking`).
+Activation pruning acts on the first input of each layer node whose kind has
+an input to prune (not embeddings: their inputs are token indices).
+
+Exactness: each pruned weight loses exactly ``round(sparsity * n)`` groups of
+its ``n`` (``global``: that many over all pruned weights together), ties broken
+by position (see `machop.nn.ranking`).
 
 Iterative pruning composes: scores are computed on the *effective* weights
 (masks and other parametrizations applied) and the new mask is ANDed into the
@@ -17,9 +27,10 @@ more; asking 0.3 of it changes nothing (a mask never revives a weight, the
 achieved sparsity stays 0.5). The same holds for activations (see
 `activation_methods`).
 
-Kernelwise pruning on a Linear layer is a config error naming the layer
-(Linear weights have no k×k kernels): exclude those layers or pick another
-granularity.
+Kernelwise pruning of a weight without kernels (anything but a convolution)
+and channelwise pruning of one without output channels (embeddings,
+attention, RNNs) are config errors naming the weights: exclude them or
+select ``types``.
 
 All scores of one pass are computed from the weights as they were when the
 pass started, then the masks are applied, so the result does not depend on
@@ -34,159 +45,197 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.nn.utils import parametrize
 
-from machop.config import ConfigError, from_dict, join
+from machop.config import ConfigError, NoOptions, from_dict, join, pass_path
 from machop.ir.graph import MaseGraph
+from machop.nn import (
+    KIND_NAMES,
+    ActivationPrune,
+    KMeansWeight,
+    LayerKind,
+    Weight,
+    WeightMask,
+    apply_mask,
+    bake,
+    chain,
+    get_mask,
+    kind_of,
+    lowest_k_mask,
+    prune_count,
+    quantizer_of,
+)
+from machop.passes.graph.analysis.pruning import add_pruning_metadata
+from machop.training import calibration_batch
 
-from .activation_methods import ACTIVATION_METHODS, ActivationPrune, MagnitudeSample, allocate_global
+from .activation_methods import ACTIVATION_METHODS, MagnitudeSample, allocate_global
 from .args import ActivationPruneArgs, PruneArgs, WeightPruneArgs, parse_prune_args
-from .masks import WeightMask, apply_mask, get_mask
-from .ranking import lowest_k_mask, prune_count
-from .weight_methods import GROUPINGS, NEEDS_DOWNSTREAM, WEIGHT_METHODS, WeightLayer, downstream_weights
+from .weight_methods import NEEDS_DOWNSTREAM, WEIGHT_METHODS, WeightLayer, downstream_weights, expand_keep, group_view
 
 logger = logging.getLogger(__name__)
 
-PATH = "passes.prune"
 POOLED_ACTIVATION_SAMPLES = 1 << 21  # values pooled for the global activation threshold
 CALIBRATION_CHUNK = 64  # samples per forward during calibration
 
 
 @dataclass
-class _Layer:
-    node: fx.Node
-    module: nn.Module
-    sparsity: float
+class Target:
+    """What one prune table may act on: a weight, or (activations) the input of a layer node."""
+
+    name: str
+    names: set[str]  # every name that selects it (its own, its module's, the parents')
+    kind: LayerKind
+    weight: Weight | None = None
+    node: fx.Node | None = None
+    sparsity: float = 0.0
 
 
-def _resolve_layers(graph: MaseGraph, args: WeightPruneArgs, path: str) -> list[_Layer]:
-    """The layers ``args`` prunes, with their targets; ConfigError for names that are not layers."""
-    nodes = graph.layer_nodes()
-    by_name = {n.name: n for n in nodes}
-    alias = {n.target: n.name for n in nodes}
+def weight_targets(graph: MaseGraph) -> list[Target]:
+    return [Target(w.name, set(w.ancestry()), w.kind, weight=w) for w in graph.weights()]
 
-    def canon(name: str) -> str | None:
-        return name if name in by_name else alias.get(name)
 
-    valid = ", ".join(by_name) or "(none: the model has no Conv2d/Linear layers)"
-    unknown = [x for x in args.exclude if canon(x) is None]
-    if unknown:
-        raise ConfigError(
-            join(path, "exclude"), f"unknown node name(s) {', '.join(map(repr, unknown))}; valid node names: {valid}"
-        )
-    excluded = {canon(x) for x in args.exclude}
-    per_layer: dict[str, float] = {}
-    if isinstance(args.sparsity, dict):
-        unknown = [k for k in args.sparsity if k != "default" and canon(k) is None]
+def activation_targets(graph: MaseGraph) -> list[Target]:
+    """One target per layer node whose kind has a prunable input."""
+    out = []
+    for node in graph.nodes:
+        module = graph.module_of(node)
+        kind = kind_of(module) if module is not None else None
+        if kind is None or kind.input_channel_dim is None:
+            continue
+        parts = str(node.target).split(".")
+        names = {node.name, *(".".join(parts[:i]) for i in range(1, len(parts) + 1))}
+        out.append(Target(node.name, names, kind, node=node))
+    return out
+
+
+def _best_key(target: Target, keys) -> str | None:
+    """The most specific of ``keys`` that selects ``target``: its own name first, then the longest."""
+    found = [k for k in keys if k in target.names]
+    return max(found, key=lambda k: (k == target.name, len(k))) if found else None
+
+
+def select(targets: list[Target], args: WeightPruneArgs, path: str) -> tuple[list[Target], list[dict]]:
+    """(targets to prune with their sparsities, [{name, reason}] of those left alone).
+
+    ConfigError for a name or type that selects nothing and for a
+    granularity a selected weight has no groups for.
+    """
+    valid = ", ".join(t.name for t in targets) or "(none: the model has no layers machop prunes)"
+    for key, names in (("exclude", args.exclude), ("sparsity", list(args.sparsity) if isinstance(args.sparsity, dict) else [])):
+        unknown = [n for n in names if n != "default" and not any(n in t.names for t in targets)]
         if unknown:
-            raise ConfigError(
-                join(path, "sparsity"),
-                f"unknown node name(s) {', '.join(map(repr, unknown))}; valid node names: {valid} (and 'default')",
-            )
-        per_layer = {canon(k): v for k, v in args.sparsity.items() if k != "default"}
-    layers = [
-        _Layer(n, graph.module_of(n), per_layer.get(n.name, args.sparsity_of(n.name)))
-        for n in nodes
-        if n.name not in excluded
-    ]
+            extra = " (and 'default')" if key == "sparsity" else ""
+            raise ConfigError(join(path, key), f"unknown name(s) {', '.join(map(repr, unknown))}; valid names: {valid}{extra}")
+    kinds = None
+    if args.types is not None:
+        kinds = {KIND_NAMES[t].name for t in args.types}
+        present = {t.kind.name for t in targets}
+        missing = [t for t in args.types if KIND_NAMES[t].name not in present]
+        if missing:
+            raise ConfigError(join(path, "types"), f"no {', '.join(missing)} layer in this model; "
+                                                   f"it has: {', '.join(sorted(present)) or 'none'}")
+    chosen, left = [], []
+    for t in targets:
+        if kinds is not None and t.kind.name not in kinds:
+            left.append({"name": t.name, "reason": f"type {t.kind.name} not in types"})
+            continue
+        if _best_key(t, args.exclude) is not None:
+            left.append({"name": t.name, "reason": "excluded"})
+            continue
+        if isinstance(args.sparsity, dict):
+            key = _best_key(t, [k for k in args.sparsity if k != "default"])
+            t.sparsity = args.sparsity[key if key is not None else "default"]
+        else:
+            t.sparsity = args.sparsity
+        chosen.append(t)
     if args.granularity == "kernelwise":
-        linear = [l.node.name for l in layers if not isinstance(l.module, nn.Conv2d)]
-        if linear:
-            names = ", ".join(f'"{n}"' for n in linear)
-            raise ConfigError(
-                join(path, "granularity"),
-                f"kernelwise pruning prunes the k×k kernels of Conv2d layers; Linear layer(s) {', '.join(linear)} "
-                f"have none: add them to exclude (exclude = [{names}]) or use elementwise or channelwise",
-            )
-    return layers
+        _require(chosen, lambda k: k.kernels, "kernelwise pruning prunes the kernels of convolutions", path)
+    if args.granularity == "channelwise":
+        _require(chosen, lambda k: k.channel_dim is not None,
+                 "channelwise pruning prunes the output channels of convolution and Linear layers", path)
+    return chosen, left
+
+
+def _require(chosen: list[Target], has, what: str, path: str) -> None:
+    lacking = [t for t in chosen if not has(t.kind)]
+    if lacking:
+        names = ", ".join(f'"{t.name}"' for t in lacking)
+        raise ConfigError(
+            join(path, "granularity"),
+            f"{what}; {', '.join(f'{t.name} ({t.kind.name})' for t in lacking)} have none: add them to exclude "
+            f"(exclude = [{names}]), select types, or use another granularity",
+        )
+
+
+def check_prune_args(graph: MaseGraph, args: PruneArgs, path: str, earlier: list[str] = ()) -> None:
+    """Check a parsed prune table against ``graph`` (names, types, granularities) without changing it."""
+    if args.weight is not None:
+        select(weight_targets(graph), args.weight, join(path, "weight"))
+    if args.activation is not None:
+        select(activation_targets(graph), args.activation, join(path, "activation"))
 
 
 # --------------------------------------------------------------------------- weights
 
 
-def _prune_weights(graph: MaseGraph, args: WeightPruneArgs, layers: list[_Layer], seed: int) -> dict:
-    grouping = GROUPINGS[args.granularity]
+def _prune_weights(graph: MaseGraph, args: WeightPruneArgs, targets: list[Target], seed: int) -> dict:
     scorer = WEIGHT_METHODS[(args.scope, args.granularity)][args.method]
     generator = torch.Generator().manual_seed(seed)
     modules = graph.modules()
-
-    unique, seen = [], set()
-    for layer in layers:  # a module called from several nodes is pruned once
-        if id(layer.module) not in seen:
-            seen.add(id(layer.module))
-            unique.append(layer)
+    nodes = {n.name: n for n in graph.nodes}
     if args.scope == "local":
-        unique = [l for l in unique if l.sparsity > 0]
+        targets = [t for t in targets if t.sparsity > 0]
     elif args.sparsity == 0:
-        unique = []
+        targets = []
 
-    def scores_of(layer: _Layer) -> tuple[torch.Tensor, torch.Size]:
-        w = layer.module.weight.detach()
+    def groups_of(t: Target, w: torch.Tensor) -> torch.Tensor:
+        return group_view(w, args.granularity, t.kind.channel_dim)
+
+    def scores_of(t: Target) -> torch.Tensor:
+        w = t.weight.value()
         downstream = None
         if args.method in NEEDS_DOWNSTREAM:
-            downstream = downstream_weights(layer.node, modules)
+            node = nodes.get(t.weight.node) if t.kind.channel_dim == 0 else None
+            channels = w.shape[0]
+            downstream = downstream_weights(node, modules, channels) if node is not None else None
             if downstream is None:
                 logger.info("%s: the layers reading its channels cannot be followed; %s uses the filter norm only",
-                            layer.node.name, args.method)
-        groups = grouping(w)
-        scores = scorer(groups, WeightLayer(layer.node.name, w, generator, downstream)).float()
-        old = get_mask(layer.module)
+                            t.name, args.method)
+        groups = groups_of(t, w)
+        scores = scorer(groups, WeightLayer(t.name, w, generator, downstream)).float()
+        old = get_mask(t.weight.module, t.weight.tensor_name)
         if old is not None:  # groups pruned earlier rank lowest: they count towards the target
-            scores = scores.masked_fill(~grouping(old).any(dim=1), float("-inf"))
-        return scores, groups.shape
+            scores = scores.masked_fill(~groups_of(t, old).any(dim=1), float("-inf"))
+        return scores
 
     keeps: list[torch.Tensor] = []
-    shapes: list[torch.Size] = []
     if args.scope == "local":
-        for layer in unique:
-            scores, shape = scores_of(layer)
-            keeps.append(lowest_k_mask(scores, prune_count(layer.sparsity, shape[0])))
-            shapes.append(shape)
-    elif unique:
-        # one ranking over all layers; scores written into one buffer to avoid a second copy
-        sizes = [grouping(_weight_meta(l.module)).shape[0] for l in unique]
-        device = _weight_meta(unique[0].module).device
+        for t in targets:
+            scores = scores_of(t)
+            keeps.append(lowest_k_mask(scores, prune_count(t.sparsity, scores.numel())))
+    elif targets:
+        # one ranking over all weights; scores written into one buffer to avoid a second copy
+        sizes = [groups_of(t, t.weight.stored()).shape[0] for t in targets]
+        device = targets[0].weight.stored().device
         buffer = torch.empty(sum(sizes), device=device)
         offset = 0
-        for layer, size in zip(unique, sizes):
-            scores, shape = scores_of(layer)
-            buffer[offset:offset + size] = scores.to(device)
-            shapes.append(shape)
+        for t, size in zip(targets, sizes):
+            buffer[offset:offset + size] = scores_of(t).to(device)
             offset += size
-            del scores
         keep = lowest_k_mask(buffer, prune_count(args.sparsity, buffer.numel()))
         del buffer
         keeps = [k.clone() for k in keep.split(sizes)]
 
-    targets = {}
-    for layer, keep, shape in zip(unique, keeps, shapes):
-        weight_shape = _weight_meta(layer.module).shape
-        mask = keep[:, None].expand(shape).reshape(weight_shape).contiguous()
-        target = layer.sparsity if args.scope == "local" else args.sparsity
-        apply_mask(layer.module, mask, how={**args.how(), "target": target})
-        targets[layer.node.name] = target
-    pruned = sum(get_mask(l.module).numel() - int(torch.count_nonzero(get_mask(l.module))) for l in unique)
-    total = sum(_weight_meta(l.module).numel() for l in unique)
-    return {
-        **args.how(),
-        "sparsity": args.sparsity,
-        "layers": list(targets),
-        "achieved": pruned / total if total else 0.0,
-    }
-
-
-def _weight_meta(module: nn.Module) -> torch.Tensor:
-    """The stored weight tensor (shape, device) without computing a parametrized weight."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations["weight"].original
-    return module.weight
+    for t, keep in zip(targets, keeps):
+        mask = expand_keep(keep, t.weight.stored().shape, args.granularity, t.kind.channel_dim)
+        target = t.sparsity if args.scope == "local" else args.sparsity
+        apply_mask(t.weight, mask, how={**args.how(), "target": target})
+    pruned = sum(int((~get_mask(t.weight.module, t.weight.tensor_name)).sum()) for t in targets)
+    total = sum(t.weight.stored().numel() for t in targets)
+    return {**args.how(), "sparsity": args.sparsity, "layers": [t.name for t in targets],
+            "achieved": pruned / total if total else 0.0}
 
 
 # --------------------------------------------------------------------------- activations
-
-
-def _channel_dim(module: nn.Module) -> int:
-    return 1 if isinstance(module, nn.Conv2d) else -1
 
 
 class _Watcher(fx.Interpreter):
@@ -204,20 +253,14 @@ class _Watcher(fx.Interpreter):
         return super().run_node(n)
 
 
-def calibration_inputs(graph: MaseGraph, samples: int) -> torch.Tensor:
-    """``samples`` input images from ``graph.context.data_module.calibration_batch``."""
-    batch = graph.context.require_data("prune").calibration_batch(samples)
-    if isinstance(batch, (tuple, list)):
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"calibration_batch must return a tensor or (inputs, labels), got {type(batch).__name__}")
-    return batch
+def _device(graph: MaseGraph) -> torch.device:
+    return next(iter(graph.model.parameters()), torch.empty(0)).device
 
 
-def _calibrate(graph: MaseGraph, layers: list[_Layer], calibrators: dict[str, object], samples: int) -> None:
-    x = calibration_inputs(graph, samples)
-    watch = {l.node.name: (calibrators[l.node.name], _channel_dim(l.module)) for l in layers}
-    device = next(iter(graph.model.parameters()), torch.empty(0)).device
+def _calibrate(graph: MaseGraph, targets: list[Target], calibrators: dict[str, object], samples: int) -> None:
+    x = calibration_batch(graph.context.require_data("prune"), samples)
+    watch = {t.name: (calibrators[t.name], t.kind.input_channel_dim) for t in targets}
+    device = _device(graph)
     was_training = graph.model.training
     graph.model.eval()
     try:
@@ -228,70 +271,70 @@ def _calibrate(graph: MaseGraph, layers: list[_Layer], calibrators: dict[str, ob
         graph.model.train(was_training)
 
 
-def _activation_module(graph: MaseGraph, layer: _Layer) -> ActivationPrune | None:
-    """The `ActivationPrune` in front of ``layer`` (inserted now if there is none)."""
-    source = layer.node.args[0] if layer.node.args else None
+def _activation_module(graph: MaseGraph, t: Target) -> ActivationPrune | None:
+    """The `ActivationPrune` in front of ``t``'s node (inserted now if there is none)."""
+    source = t.node.args[0] if t.node.args else None
     if not isinstance(source, fx.Node):
-        logger.info("%s: its input is not a graph value; activation pruning skips it", layer.node.name)
+        logger.info("%s: its input is not a graph value; activation pruning skips it", t.name)
         return None
     if source.op == "call_module" and isinstance(graph.module_of(source), ActivationPrune) and len(source.users) == 1:
         return graph.module_of(source)
-    name, i = f"{layer.node.name}_act_prune", 1
+    name, i = f"{t.name}_act_prune", 1
     existing = graph.modules()
     while name in existing:
-        name, i = f"{layer.node.name}_act_prune_{i}", i + 1
-    module = ActivationPrune(channel_dim=_channel_dim(layer.module)).to(_weight_meta(layer.module).device)
-    graph.insert_before(layer.node, 0, name, module)
+        name, i = f"{t.name}_act_prune_{i}", i + 1
+    module = ActivationPrune(channel_dim=t.kind.input_channel_dim).to(_device(graph))
+    graph.insert_before(t.node, 0, name, module)
     return module
 
 
-def _prune_activations(graph: MaseGraph, args: ActivationPruneArgs, layers: list[_Layer], seed: int) -> dict:
+def _prune_activations(graph: MaseGraph, args: ActivationPruneArgs, targets: list[Target], seed: int) -> dict:
     method = ACTIVATION_METHODS[(args.scope, args.granularity)][args.method]
     if args.scope == "local":
-        layers = [l for l in layers if l.sparsity > 0]
+        targets = [t for t in targets if t.sparsity > 0]
     elif args.sparsity == 0:
-        layers = []
+        targets = []
     how = args.how()
-    summary = {**how, "sparsity": args.sparsity, "layers": [l.node.name for l in layers]}
-    if not layers:
+    summary = {**how, "sparsity": args.sparsity, "layers": [t.name for t in targets]}
+    if not targets:
         return summary
 
     calibrators: dict[str, object] = {}
     if method.needs_data:
         if args.scope == "global":
-            budget = max(16, POOLED_ACTIVATION_SAMPLES // (args.calibration_samples * len(layers)))
-            calibrators = {l.node.name: MagnitudeSample(budget) for l in layers}
+            budget = max(16, POOLED_ACTIVATION_SAMPLES // (args.calibration_samples * len(targets)))
+            calibrators = {t.name: MagnitudeSample(budget) for t in targets}
         else:
-            calibrators = {l.node.name: method.calibrator() for l in layers}
-        _calibrate(graph, layers, calibrators, args.calibration_samples)  # on the model as it is (earlier masks on)
+            calibrators = {t.name: method.calibrator() for t in targets}
+        _calibrate(graph, targets, calibrators, args.calibration_samples)  # on the model as it is (earlier masks on)
 
     if args.scope == "global":
-        counts = allocate_global([calibrators[l.node.name] for l in layers], args.sparsity)
-        for layer, k in zip(layers, counts):
-            n = calibrators[layer.node.name].numel
-            module = _activation_module(graph, layer)
+        counts = allocate_global([calibrators[t.name] for t in targets], args.sparsity)
+        for t, k in zip(targets, counts):
+            n = calibrators[t.name].numel
+            module = _activation_module(graph, t)
             if module is not None:
                 module.stages.append({**how, "target": args.sparsity, "rank": method.rank, "sparsity": k / n})
         return summary
 
-    for index, layer in enumerate(layers):
-        module = _activation_module(graph, layer)
+    for index, t in enumerate(targets):
+        module = _activation_module(graph, t)
         if module is None:
             continue
         if method.rank is not None:  # per-sample elementwise stage
             module.stages.append(
-                {**how, "target": layer.sparsity, "rank": method.rank, "sparsity": layer.sparsity, "seed": seed + index}
+                {**how, "target": t.sparsity, "rank": method.rank, "sparsity": t.sparsity, "seed": seed + index}
             )
             continue
-        calibrator = calibrators[layer.node.name]
+        calibrator = calibrators[t.name]
         channels = calibrator.channels
         pruned = torch.zeros(channels, dtype=torch.bool)
         if module.channel_mask is not None:
             pruned = ~module.channel_mask.cpu()
-        k = prune_count(layer.sparsity, channels)
+        k = prune_count(t.sparsity, channels)
         scores = calibrator.scores(pruned, k).masked_fill(pruned, float("-inf"))
         keep = lowest_k_mask(scores, k)
-        module.add_channel_mask(keep.to(_weight_meta(layer.module).device), {**how, "target": layer.sparsity})
+        module.add_channel_mask(keep.to(_device(graph)), {**how, "target": t.sparsity})
     return summary
 
 
@@ -299,7 +342,7 @@ def _prune_activations(graph: MaseGraph, args: ActivationPruneArgs, layers: list
 
 
 def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
-    """Prune weights and/or activations of every Conv2d and Linear layer (see `args` for the config).
+    """Prune weights and/or activations of every layer machop compresses (see `args` for the config).
 
     Weights get a `WeightMask` parametrization (masks in ``state_dict``);
     activations an `ActivationPrune` module inserted in front of the layer.
@@ -307,29 +350,30 @@ def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
 
     Returns ``(graph, info)``; ``info`` has the config summary per kind
     (``weight``/``activation``: scope, granularity, method, sparsity, layers,
-    achieved) and, per layer, what `add_pruning_metadata` writes into node
+    achieved, and ``dense``: each weight or layer left alone, with the
+    reason) and, per weight, what `add_pruning_metadata` writes into node
     metadata (kind, method, target and achieved sparsity, non-zero
-    parameters, dense and effective MACs).
+    parameters, dense and effective MACs) with totals over every parameter.
     """
-    from machop.passes.graph.analysis.pruning import add_pruning_metadata
-    from machop.passes.graph.transforms.quantize import KMeansWeight, quantizer_of
-
-    args: PruneArgs = parse_prune_args(pass_args, PATH)
-    weight_layers = _resolve_layers(graph, args.weight, join(PATH, "weight")) if args.weight else []
-    act_layers = _resolve_layers(graph, args.activation, join(PATH, "activation")) if args.activation else []
+    path = pass_path(graph.context.step, "passes.prune")
+    args: PruneArgs = parse_prune_args(pass_args, path)
+    weights, weights_left = select(weight_targets(graph), args.weight, join(path, "weight")) if args.weight else ([], [])
+    acts, acts_left = (
+        select(activation_targets(graph), args.activation, join(path, "activation")) if args.activation else ([], [])
+    )
     if args.activation is not None and _activation_needs_data(args.activation):
         graph.context.require_data("prune")  # fail before changing anything
-    shared = [layer.node.name for layer in weight_layers if isinstance(quantizer_of(layer.module), KMeansWeight)]
+    shared = [t.name for t in weights if isinstance(quantizer_of(t.weight.module, t.weight.tensor_name), KMeansWeight)]
     if shared:  # its mask lives in the codebook parametrization: a new WeightMask would not reach it
         raise ValueError(f"cannot prune weights of k-means quantized layer(s) {', '.join(shared)}: prune before quantize")
 
     info: dict = {"weight": None, "activation": None, "removed": False}
     if args.weight is not None:
-        seed = args.weight.seed if args.weight.seed is not None else graph.context.seed
-        info["weight"] = _prune_weights(graph, args.weight, weight_layers, seed)
+        seed = args.weight.seed if args.weight.seed is not None else graph.context.training.seed
+        info["weight"] = {**_prune_weights(graph, args.weight, weights, seed), "dense": weights_left}
     if args.activation is not None:
-        seed = args.activation.seed if args.activation.seed is not None else graph.context.seed
-        info["activation"] = _prune_activations(graph, args.activation, act_layers, seed)
+        seed = args.activation.seed if args.activation.seed is not None else graph.context.training.seed
+        info["activation"] = {**_prune_activations(graph, args.activation, acts, seed), "dense": acts_left}
     if args.remove:
         _, info["removed"] = prune_remove_pass(graph)
     _, report = add_pruning_metadata(graph)
@@ -337,8 +381,9 @@ def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     for kind in ("weight", "activation"):
         if info[kind] is not None:
             s = info[kind]
-            logger.info("prune %s: %s %s %s, target %s, on %d layer(s)", kind, s["scope"], s["granularity"],
-                        s["method"], s["sparsity"], len(s["layers"]))
+            logger.info("prune %s: %s %s %s, target %s, on %d layer(s); left alone: %s", kind, s["scope"],
+                        s["granularity"], s["method"], s["sparsity"], len(s["layers"]),
+                        ", ".join(f"{d['name']} ({d['reason']})" for d in s["dense"]) or "none")
     return graph, info
 
 
@@ -348,61 +393,57 @@ def _activation_needs_data(args: ActivationPruneArgs) -> bool:
     return method.needs_data and positive
 
 
-@dataclass
-class PruneRemoveArgs:
-    """``prune_remove`` takes no options."""
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # weight dim 1 = input channels
 
 
 def prune_remove_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Bake prune masks into plain weights and remove inserted `ActivationPrune` modules.
 
     Static activation channel masks are folded into the next layer's weight
-    (zeroing input channel ``c`` of a Conv2d/Linear is the same as zeroing
-    its weights that read ``c``), so the model computes the same function.
-    Per-sample elementwise activation stages depend on the data and cannot
-    be baked: they are dropped, with a warning. A weight whose
+    (zeroing input channel ``c`` of a convolution/Linear is the same as
+    zeroing its weights that read ``c``), so the model computes the same
+    function. Per-sample elementwise activation stages depend on the data and
+    cannot be baked: they are dropped, with a warning. A weight whose
     parametrization chain holds anything besides `WeightMask` (e.g. weight
     sharing) is refused, before anything changes: remove masks before
-    quantizing, or keep them.
+    quantizing, or keep them. A tied weight stays one parameter.
     """
-    from_dict(PruneRemoveArgs, pass_args or {}, "passes.prune_remove")
+    from_dict(NoOptions, pass_args, pass_path(graph.context.step, "passes.prune_remove"))
     act_nodes = [n for n in graph.nodes if n.op == "call_module" and isinstance(graph.module_of(n), ActivationPrune)]
+    weights = {(w.qualname, w.tensor_name): w for w in graph.weights()}
 
-    def foldable(node: fx.Node) -> nn.Module | None:
+    def foldable(node: fx.Node) -> Weight | None:
         (user,) = node.users
         layer = graph.module_of(user)
-        if isinstance(layer, (nn.Conv2d, nn.Linear)) and user.args[0] is node:
-            if isinstance(layer, nn.Linear) or layer.groups == 1:
-                return layer
+        if isinstance(layer, _FOLDABLE) and user.args[0] is node and getattr(layer, "groups", 1) == 1:
+            return weights.get((str(user.target), "weight"))
         return None
 
-    def mixed_chain(module: nn.Module) -> list[str]:
-        if not parametrize.is_parametrized(module, "weight"):
-            return []
-        return [type(p).__name__ for p in module.parametrizations["weight"] if not isinstance(p, WeightMask)]
+    def mixed_chain(w: Weight) -> list[str]:
+        return [type(p).__name__ for p in chain(w.module, w.tensor_name) if not isinstance(p, WeightMask)]
 
-    for qualname, module in graph.model.named_modules():
-        if get_mask(module) is not None and mixed_chain(module):
+    for w in weights.values():
+        if get_mask(w.module, w.tensor_name) is not None and mixed_chain(w):
             raise RuntimeError(
-                f"cannot bake the prune mask of {qualname}: its weight also has {', '.join(mixed_chain(module))}; "
+                f"cannot bake the prune mask of {w.name}: its weight also has {', '.join(mixed_chain(w))}; "
                 "run prune_remove before quantizing, or keep the masks"
             )
     for node in act_nodes:
-        layer = foldable(node) if graph.module_of(node).channel_mask is not None else None
-        if layer is not None and mixed_chain(layer):
+        w = foldable(node) if graph.module_of(node).channel_mask is not None else None
+        if w is not None and mixed_chain(w):
             raise RuntimeError(f"cannot fold the activation channel mask of {node.name} into a weight that has "
-                               f"{', '.join(mixed_chain(layer))}; run prune_remove before quantizing")
+                               f"{', '.join(mixed_chain(w))}; run prune_remove before quantizing")
 
     folded = dropped = 0
     for node in act_nodes:
         module = graph.module_of(node)
         if module.channel_mask is not None:
-            layer = foldable(node)
-            if layer is not None:
-                w = _weight_meta(layer)
-                view = [1] * w.dim()
+            w = foldable(node)
+            if w is not None:
+                shape = w.stored().shape
+                view = [1] * len(shape)
                 view[1] = -1
-                apply_mask(layer, module.channel_mask.view(view).expand(w.shape).clone())
+                apply_mask(w, module.channel_mask.view(view).expand(shape).clone())
                 folded += 1
             else:
                 logger.warning("%s: its channel mask cannot be folded into a weight; removed", node.name)
@@ -412,12 +453,10 @@ def prune_remove_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[
         graph.remove_module_node(node)
 
     baked = 0
-    for _, module in graph.model.named_modules():
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                if any(isinstance(p, WeightMask) for p in module.parametrizations[name]):
-                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-                    baked += 1
+    for w in weights.values():
+        if get_mask(w.module, w.tensor_name) is not None:
+            bake(w)
+            baked += 1
     info = {"baked_weight_masks": baked, "folded_channel_masks": folded, "dropped_activation_stages": dropped}
     logger.info("prune_remove: %s", info)
     return graph, info

@@ -1,12 +1,14 @@
 """Weight pruning methods: how each (scope, granularity, method) scores groups of a weight.
 
-A *granularity* says what a group is (`GROUPINGS`):
+A *granularity* says what a group is (`group_view`):
 
-- ``elementwise``: one weight;
-- ``kernelwise``: one k×k kernel ``W[o, i]`` of a Conv2d (Linear layers have
-  no kernels: asking for kernelwise on one is a config error unless the layer
-  is excluded);
-- ``channelwise``: one output channel ``W[o]`` (a Conv2d filter, a Linear row).
+- ``elementwise``: one weight (every kind of weight);
+- ``kernelwise``: one kernel ``W[a, b]`` of a convolution (Conv1d/2d/3d and
+  ConvTranspose; other kinds have no kernels: a config error unless the
+  layer is excluded or not selected);
+- ``channelwise``: one output channel: a convolution's filter, a Linear
+  row, a transposed convolution's ``W[:, o]`` (embeddings, attention and
+  RNN weights have no channels: a config error likewise).
 
 A *method* gives each group a score (`WEIGHT_METHODS`); the lowest scores are
 pruned by `ranking.lowest_k_mask`, exactly ``round(sparsity * groups)`` of
@@ -20,7 +22,7 @@ them. All norm methods share `group_scores` and only vary ``p``:
   (``l2-norm-single`` is ``torch.nn.utils.prune.ln_structured(n=2, dim=0)``).
 - ``l1-norm-multi`` / ``l2-norm-multi`` (channelwise): the filter's norm times
   the norm of the weights that *read* that channel downstream (the next
-  Conv2d/Linear layers' input-channel slices, found through the fx graph
+  convolution or Linear layers' input-channel slices, found through the fx graph
   across BatchNorm, activations, pooling, residual adds and flatten). A
   channel that nothing downstream uses scores 0 and is pruned first. Where
   the graph cannot be followed (the channel reaches the model output, or an
@@ -41,21 +43,30 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .ranking import group_scores
+from machop.nn import ActivationPrune, group_scores
 
 
-def _kernels(w: torch.Tensor) -> torch.Tensor:
-    if w.dim() != 4:
-        raise ValueError(f"kernelwise pruning needs a Conv2d weight (4-D), got shape {tuple(w.shape)}")
-    return w.reshape(w.shape[0] * w.shape[1], -1)
+def group_view(w: torch.Tensor, granularity: str, channel_dim: int | None) -> torch.Tensor:
+    """``w`` as ``(groups, group_size)``: one row per weight, kernel or output channel."""
+    if granularity == "elementwise":
+        return w.reshape(-1, 1)
+    if granularity == "kernelwise":
+        if w.dim() < 3:
+            raise ValueError(f"kernelwise pruning needs a convolution weight, got shape {tuple(w.shape)}")
+        return w.reshape(w.shape[0] * w.shape[1], -1)
+    moved = w.movedim(channel_dim, 0)
+    return moved.reshape(moved.shape[0], -1)
 
 
-GROUPINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "elementwise": lambda w: w.reshape(-1, 1),
-    "kernelwise": _kernels,
-    "channelwise": lambda w: w.reshape(w.shape[0], -1),
-}
-"""Granularity → view of a weight as ``(groups, group_size)`` (row-major, so masks expand back by reshape)."""
+def expand_keep(keep: torch.Tensor, shape: torch.Size, granularity: str, channel_dim: int | None) -> torch.Tensor:
+    """A per-group keep vector back to a mask of the weight's ``shape`` (the inverse of `group_view`)."""
+    if granularity != "channelwise" or channel_dim == 0:
+        rows = keep.numel()
+        return keep[:, None].expand(rows, shape.numel() // rows).reshape(shape).contiguous()
+    moved = list(shape)
+    moved.insert(0, moved.pop(channel_dim))
+    mask = keep[:, None].expand(moved[0], shape.numel() // moved[0]).reshape(moved)
+    return mask.movedim(0, channel_dim).contiguous()
 
 
 @dataclass
@@ -118,7 +129,8 @@ NEEDS_DOWNSTREAM = {"l1-norm-multi", "l2-norm-multi"}
 # --------------------------------------------------------------------------- following channels through the graph
 
 _CHANNEL_WISE_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
     nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity,
 )
@@ -135,17 +147,17 @@ _SHAPE_ONLY_METHODS = {"size", "dim"}
 
 def _is_channel_wise_module(module: nn.Module) -> bool:
     # inserted activation-prune modules mask channels but keep the layout
-    if isinstance(module, _CHANNEL_WISE_MODULES) or type(module).__name__ == "ActivationPrune":
+    if isinstance(module, (*_CHANNEL_WISE_MODULES, ActivationPrune)):
         return True
     return isinstance(module, nn.Sequential) and len(module) == 0
 
 
 def _channel_flow(n: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """How channels pass node ``n``: "consumer" (a Conv2d/Linear reads them), "flatten", "through"
+    """How channels pass node ``n``: "consumer" (a convolution or Linear reads them), "flatten", "through"
     (channel-preserving), "ignore" (shape queries), or None (unknown op or the model output)."""
     if n.op == "call_module":
         m = modules[n.target]
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, _CONSUMERS):
             return "consumer"
         if isinstance(m, nn.Flatten):
             return "flatten"
@@ -165,8 +177,11 @@ def _channel_flow(n: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+_CONSUMERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
 def downstream_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[tuple[fx.Node, bool]] | None:
-    """The Conv2d/Linear nodes that read ``node``'s output channels, each with whether it was flattened on the way.
+    """The convolution/Linear nodes that read ``node``'s output channels, each with whether it was flattened on the way.
 
     Follows channel-preserving ops (see module doc). Returns None when a path
     leaves the known ops or reaches the model output.
@@ -192,7 +207,7 @@ def downstream_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[t
 def _reader_slices(module: nn.Module, channels: int, flat: bool) -> torch.Tensor | None:
     """``(channels, S)``: the effective weights of ``module`` that read each input channel, or None."""
     w = module.weight.detach()
-    if isinstance(module, nn.Conv2d):
+    if not isinstance(module, nn.Linear):  # a convolution
         if flat or module.groups != 1 or w.shape[1] != channels:
             return None
         return w.transpose(0, 1).reshape(channels, -1)
@@ -203,9 +218,8 @@ def _reader_slices(module: nn.Module, channels: int, flat: bool) -> torch.Tensor
     return w.reshape(w.shape[0], channels, per).transpose(0, 1).reshape(channels, -1)
 
 
-def downstream_weights(node: fx.Node, modules: dict[str, nn.Module]) -> torch.Tensor | None:
-    """All downstream weights that read each output channel of ``node``'s layer, ``(C, S)``; None if unknown."""
-    channels = modules[node.target].weight.shape[0]
+def downstream_weights(node: fx.Node, modules: dict[str, nn.Module], channels: int) -> torch.Tensor | None:
+    """All downstream weights that read each of the ``channels`` outputs of ``node``'s layer, ``(C, S)``; None if unknown."""
     consumers = downstream_consumers(node, modules)
     if consumers is None:
         return None

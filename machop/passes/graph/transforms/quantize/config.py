@@ -8,7 +8,8 @@
     [passes.quantize.default.config]  # layers no other key selects
     name = "NA"                       # "NA": leave the layer alone
 
-    [passes.quantize.linear.config]   # by = "type": a mase op, "linear" or "conv2d"
+    [passes.quantize.linear.config]   # by = "type": a layer kind (machop.nn.KINDS): linear, conv1d, conv2d,
+                                      # conv3d, convtranspose1d/2d/3d, embedding, mha (attention), lstm, gru, rnn
     name = "integer"                  # signed fixed point
     data_in_width = 8                 # "NA" (both width and frac): input not quantized
     data_in_frac_width = 4
@@ -19,7 +20,7 @@
 
     [passes.quantize.conv2d.config]
     name = "kmeans"                   # Deep Compression weight sharing
-    weight_bits = 8                   # optional; default 8 for conv2d, 5 for linear
+    weight_bits = 8                   # optional; default 8 for convolutions, 5 for the rest
     init = "linear"                   # optional; "linear" | "density" | "random"
     max_iter = 300                    # optional; Lloyd iterations at most
     tol = 1e-4                        # optional; stop when the squared centroid shift <= tol * var(weights)
@@ -27,13 +28,20 @@
 The six ``integer`` keys are all required, as MASE writes them; a
 ``"NA"`` width/frac pair leaves that tensor (input or bias) in float.
 
-With ``by = "name"`` the keys are fx node names (``features_0``); with
-``by = "regex_name"`` they are regular expressions fully matched against
-node names, the first matching key (in file order) wins. ``default`` is
-optional (absent = ``name = "NA"``). A key that matches no Conv2d/Linear
-node (a ``conv2d`` key on an MLP included) is a `ConfigError` listing the
-valid names or types, raised by the pass (which knows the graph) before it
-changes anything.
+With ``by = "name"`` the keys are weight names (``features_0``,
+``lstm.weight_hh_l0``; see `machop.nn.Weight`) or the name of a module or
+parent module, which selects every weight under it (the most specific key
+wins); with ``by = "regex_name"`` they are regular expressions fully
+matched against weight names, the first matching key (in file order) wins.
+``default`` is optional (absent = ``name = "NA"``). A key that matches no
+weight (a ``conv2d`` key on an MLP included) is a `ConfigError` listing the
+valid names or types, raised before anything changes (`check_quantize_args`).
+
+``integer`` quantizes the weight, its bias (``bias``, ``in_proj_bias``,
+``bias_ih_l0``, ...) and, for a layer that is a node of the graph, its first
+input; a weight inside a module with no node of its own (the Linear layers
+of an ``nn.TransformerEncoderLayer``) and an embedding (whose input is
+token indices) keep a float input, and the pass's info says so.
 
 Ranges: widths 1..16 bits (see `fixed_point`), frac widths 0..32 and allowed
 to exceed the width; ``weight_bits`` 1..16.
@@ -45,17 +53,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from torch import nn
-
 from machop.config import ConfigError, check_range, from_dict, join
+from machop.nn import KIND_NAMES, MAX_FRAC_WIDTH, MAX_WIDTH, LayerKind
 
-from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH
 from .kmeans import Init
 
 BY = ("type", "name", "regex_name")
-OP_TYPES = ("conv2d", "linear")
 ARITHMETICS = ("integer", "kmeans")
-DEFAULT_KMEANS_BITS = {"conv2d": 8, "linear": 5}  # Deep Compression's choice
 MAX_KMEANS_BITS = 16
 
 
@@ -91,7 +95,7 @@ class KMeansConfig:
     """Weight sharing: ``2**weight_bits`` shared values per layer, found by 1-D k-means."""
 
     name: Literal["kmeans"]
-    weight_bits: int | None = None  # None: DEFAULT_KMEANS_BITS of the layer type
+    weight_bits: int | None = None  # None: the layer kind's default (8 for convolutions, 5 for the rest)
     init: Init = "linear"
     max_iter: int = 300
     tol: float = 1e-4
@@ -101,13 +105,8 @@ class KMeansConfig:
         check_range(self.max_iter, join(path, "max_iter"), 1, 100_000)
         check_range(self.tol, join(path, "tol"), 0.0, float("inf"))
 
-    def bits_for(self, op_type: str) -> int:
-        return self.weight_bits if self.weight_bits is not None else DEFAULT_KMEANS_BITS[op_type]
-
-
-def op_type(module: nn.Module) -> str:
-    """The mase op name a Conv2d/Linear layer is selected by with ``by = "type"``."""
-    return "conv2d" if isinstance(module, nn.Conv2d) else "linear"
+    def bits_for(self, kind: LayerKind) -> int:
+        return self.weight_bits if self.weight_bits is not None else kind.kmeans_bits
 
 
 LayerConfig = Union[IntegerConfig, KMeansConfig, None]  # None: leave the layer alone
@@ -173,8 +172,8 @@ def parse_quantize_args(pass_args: dict | None, path: str = "passes.quantize") -
         if key == "default":
             args.default = cfg
             continue
-        if by == "type" and key not in OP_TYPES:
-            keys = ", ".join(OP_TYPES)
+        if by == "type" and key not in KIND_NAMES:
+            keys = ", ".join(KIND_NAMES)
             raise ConfigError(key_path, f'unknown op type; with by = "type" the keys are {keys}, default')
         if by == "regex_name":
             try:

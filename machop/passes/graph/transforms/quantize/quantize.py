@@ -1,18 +1,20 @@
-"""The quantize pass: fixed point (``integer``) or k-means weight sharing (``kmeans``) per layer.
+"""The quantize pass: fixed point (``integer``) or k-means weight sharing (``kmeans``) per weight.
 
-Every Conv2d and Linear node the config selects is quantized in place:
+Every compressible weight the config selects (see `config`) is quantized in place:
 
-- ``integer``: `FixedPoint` parametrizations on ``weight`` and ``bias``
+- ``integer``: `FixedPoint` parametrizations on the weight and its bias
   (after any prune mask, so zeros stay zero) and a `FixedPoint` module
-  inserted in the fx graph in front of the layer for its input;
-- ``kmeans``: a `KMeansWeight` parametrization on ``weight`` (after any
+  inserted in the fx graph in front of each node calling the layer, for its
+  input;
+- ``kmeans``: a `KMeansWeight` parametrization on the weight (after any
   prune mask) holding the centroids (trainable), the cluster index and the
   prune mask (or all True). The original weight stays underneath, frozen.
 
-A layer is quantized once: selecting an already quantized layer is an
-error (a later pass never silently undoes an earlier one). The arguments
-are validated, and every key is checked against the graph, before anything
-changes.
+A tied weight or a layer called twice is one weight: quantized once, one
+codebook at every site. A weight is quantized once: selecting an already
+quantized weight is an error (a later pass never silently undoes an earlier
+one). The arguments are validated, and every key is checked against the
+graph, before anything changes.
 """
 
 from __future__ import annotations
@@ -20,100 +22,104 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.fx as fx
-from torch import nn
 from torch.nn.utils import parametrize
 
-from machop.config import ConfigError, join
+from machop.config import ConfigError, join, pass_path
 from machop.ir import MaseGraph
-from machop.passes.graph.transforms.prune.masks import get_mask
+from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, index_dtype, quantizer_of, register
+from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 
-from .codes import quantizer_of
-from .config import IntegerConfig, KMeansConfig, LayerConfig, QuantizeArgs, op_type, parse_quantize_args
-from .fixed_point import FixedPoint
+from .config import KIND_NAMES, IntegerConfig, KMeansConfig, LayerConfig, QuantizeArgs, parse_quantize_args
 from .kmeans import kmeans_1d
-from .shared_weight import KMeansWeight, index_dtype
 
 logger = logging.getLogger(__name__)
 
 
-def select_layers(graph: MaseGraph, args: QuantizeArgs) -> list[tuple[fx.Node, LayerConfig]]:
-    """Each Conv2d/Linear node with the config that applies to it (``default`` when no key does).
+def select_weights(graph: MaseGraph, args: QuantizeArgs) -> list[tuple[Weight, LayerConfig]]:
+    """Each compressible weight with the config that applies to it (``default`` when no key does).
 
-    Raises `ConfigError` for a key that selects no node, listing the valid keys.
+    Raises `ConfigError` for a key that selects no weight, listing the valid keys.
     """
-    nodes = graph.layer_nodes()
+    weights = graph.weights()
     patterns = args.patterns()
 
-    def matches(key: str, node: fx.Node) -> bool:
+    def matches(key: str, w: Weight) -> bool:
         if args.by == "type":
-            return op_type(graph.module_of(node)) == key
+            return KIND_NAMES[key] is w.kind
         if args.by == "name":
-            return node.name == key
-        return patterns[key].fullmatch(node.name) is not None
+            return key in w.ancestry()
+        return patterns[key].fullmatch(w.name) is not None
 
-    def key_of(node: fx.Node) -> str | None:  # the first key in file order
-        return next((k for k in args.rules if matches(k, node)), None)
+    def key_of(w: Weight) -> str | None:
+        found = [k for k in args.rules if matches(k, w)]
+        if args.by == "name":  # the most specific: the weight's own name, then the longest module path
+            return max(found, key=lambda k: (k == w.name, len(k))) if found else None
+        return found[0] if found else None  # the first in file order
 
     for key in args.rules:
-        if not any(matches(key, n) for n in nodes):
+        if not any(matches(key, w) for w in weights):
             if args.by == "type":
-                valid = f"valid types: {', '.join(sorted({op_type(graph.module_of(n)) for n in nodes})) or 'none'}"
+                valid = f"valid types: {', '.join(sorted({w.kind.name for w in weights})) or 'none'}"
             else:
-                valid = f"valid names: {', '.join(n.name for n in nodes) or 'none'}"
-            raise ConfigError(join(args.path, key), f"matches no Conv2d/Linear node; {valid}")
+                valid = f"valid names: {', '.join(w.name for w in weights) or 'none'}"
+            raise ConfigError(join(args.path, key), f"matches no weight of this model; {valid}")
     plan, used = [], set()
-    for node in nodes:
-        key = key_of(node)
+    for w in weights:
+        key = key_of(w)
         used.add(key)
-        plan.append((node, args.rules[key] if key is not None else args.default))
+        plan.append((w, args.rules[key] if key is not None else args.default))
     for key in args.rules:
-        if key not in used:  # regex_name only: every node it matches matched an earlier key
-            logger.warning("%s: every node it matches is taken by an earlier key", join(args.path, key))
+        if key not in used:
+            logger.warning("%s: every weight it matches is taken by an earlier key", join(args.path, key))
     return plan
 
 
-def input_quantizer(graph: MaseGraph, node: fx.Node) -> FixedPoint | None:
-    """The `FixedPoint` module inserted in front of ``node`` (on its first input), if any."""
-    src = node.args[0] if node.args else None
-    if isinstance(src, fx.Node):
-        module = graph.module_of(src)
-        if isinstance(module, FixedPoint):
-            return module
+def check_quantize_args(graph: MaseGraph, args: QuantizeArgs, path: str, earlier: list[str] = ()) -> None:
+    """Check a parsed quantize table against ``graph`` (every key selects a weight) without changing it."""
+    select_weights(graph, args)
+
+
+def _check_not_quantized(graph: MaseGraph, w: Weight) -> None:
+    for name in (w.tensor_name, w.bias_name):
+        if name is not None and quantizer_of(w.module, name) is not None:
+            raise ValueError(f"{w.name} is already quantized ({name}); a weight can be quantized only once")
+    for node in graph.call_nodes(w.qualname):
+        if input_quantizer(graph, node) is not None:
+            raise ValueError(f"layer {node.name} already has an input quantizer; a layer can be quantized only once")
+
+
+def quantize_integer(graph: MaseGraph, w: Weight, cfg: IntegerConfig) -> str | None:
+    """Fixed point on the weight, its bias and the layer's input (those whose widths are not "NA").
+
+    Returns why the input stays float, if it does.
+    """
+    register(w, FixedPoint(cfg.weight_width, cfg.weight_frac_width))
+    if w.bias_name is not None and cfg.bias_width is not None:
+        parametrize.register_parametrization(
+            w.module, w.bias_name, FixedPoint(cfg.bias_width, cfg.bias_frac_width), unsafe=True
+        )
+    if cfg.data_in_width is None:
+        return None
+    if w.kind.input_channel_dim is None:
+        return f"its input ({w.kind.name}) is not a tensor of values"
+    nodes = graph.call_nodes(w.qualname)
+    if not nodes:
+        return "its module is not a node of the graph (it runs inside another module)"
+    for node in nodes:
+        if input_quantizer(graph, node) is None:  # a module with several weights gets one input quantizer
+            graph.insert_before(node, 0, f"{node.name}_data_in_quantizer", FixedPoint(cfg.data_in_width, cfg.data_in_frac_width))
     return None
 
 
-def _check_not_quantized(graph: MaseGraph, node: fx.Node) -> None:
-    module = graph.module_of(node)
-    for name in ("weight", "bias"):
-        if getattr(module, name, None) is not None and quantizer_of(module, name) is not None:
-            raise ValueError(f"layer {node.name} is already quantized ({name}); a layer can be quantized only once")
-    if input_quantizer(graph, node) is not None:
-        raise ValueError(f"layer {node.name} already has an input quantizer; a layer can be quantized only once")
-
-
-def quantize_integer(graph: MaseGraph, node: fx.Node, cfg: IntegerConfig) -> None:
-    """Fixed point on the layer's weight, bias and input (those whose widths are not "NA")."""
-    module = graph.module_of(node)
-    weight_q = FixedPoint(cfg.weight_width, cfg.weight_frac_width)
-    parametrize.register_parametrization(module, "weight", weight_q, unsafe=True)
-    if module.bias is not None and cfg.bias_width is not None:
-        bias_q = FixedPoint(cfg.bias_width, cfg.bias_frac_width)
-        parametrize.register_parametrization(module, "bias", bias_q, unsafe=True)
-    if cfg.data_in_width is not None:
-        input_q = FixedPoint(cfg.data_in_width, cfg.data_in_frac_width)
-        graph.insert_before(node, 0, f"{node.name}_data_in_quantizer", input_q)
-
-
-def quantize_kmeans(module: nn.Module, bits: int, cfg: KMeansConfig, generator: torch.Generator | None = None) -> dict:
-    """Share the layer's kept weights among at most ``2**bits`` centroids; returns clustering figures.
+def quantize_kmeans(w: Weight, bits: int, cfg: KMeansConfig, generator: torch.Generator | None = None) -> dict:
+    """Share the weight's kept values among at most ``2**bits`` centroids; returns clustering figures.
 
     The weights the prune mask keeps (all, if unpruned: exact zeros are then
     ordinary values) are clustered; pruned weights stay exactly zero.
     """
     with torch.no_grad():
-        weight = module.weight.detach()
-        mask = get_mask(module)
+        weight = w.value()
+        mask = get_mask(w.module, w.tensor_name)
         values = weight.reshape(-1) if mask is None else torch.masked_select(weight, mask)
         result = kmeans_1d(values, 2**bits, cfg.init, cfg.max_iter, cfg.tol, generator)
         centroids = result.centroids.to(torch.float32)
@@ -125,42 +131,45 @@ def quantize_kmeans(module: nn.Module, bits: int, cfg: KMeansConfig, generator: 
             index = labels.view(weight.shape)
         else:
             index = torch.zeros(weight.shape, dtype=labels.dtype, device=weight.device).masked_scatter_(mask, labels)
-    parametrize.register_parametrization(module, "weight", KMeansWeight(centroids, index, mask, bits), unsafe=True)
-    module.parametrizations.weight.original.requires_grad_(False)
+    register(w, KMeansWeight(centroids, index, mask, bits))
+    w.stored().requires_grad_(False)
     return {"n_iter": result.n_iter, "converged": result.converged, "sse": result.sse, "relocation": result.relocation}
 
 
 def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
-    """Quantize the Conv2d/Linear layers ``[passes.quantize]`` selects (see `config` for the table).
+    """Quantize the weights ``[passes.quantize]`` selects (see `config` for the table).
 
-    Returns ``info = {"by", "layers": [row, ...], "skipped": [names], "total"}``,
-    one row per quantized layer (see `summarize_quantization` for the
-    columns; k-means rows add ``n_iter``, ``converged``, ``sse`` and ``relocation``), also
-    written to ``graph.meta(node)["software"]["quantize"]``.
+    Returns ``info = {"by", "layers": [row, ...], "skipped": [{name, reason}], "float_inputs": [{name, reason}],
+    "total"}``, one row per quantized weight (see `summarize_quantization` for the columns; k-means rows add
+    ``n_iter``, ``converged``, ``sse`` and ``relocation``), also written to its node's
+    ``graph.meta(node)["software"]["quantize"]``.
     """
-    from machop.passes.graph.analysis.quantization import quantization_row, totals
-
-    step = getattr(graph.context, "step", None)  # the TOML label, when run by `ch transform`
-    args = parse_quantize_args(pass_args, f"passes.{step}" if step else "passes.quantize")
-    plan = select_layers(graph, args)
-    for node, cfg in plan:
+    args = parse_quantize_args(pass_args, pass_path(graph.context.step, "passes.quantize"))
+    plan = select_weights(graph, args)
+    for w, cfg in plan:
         if cfg is not None:
-            _check_not_quantized(graph, node)
-    generator = torch.Generator().manual_seed(int(graph.context.seed))
-    rows, skipped = [], []
-    for node, cfg in plan:
+            _check_not_quantized(graph, w)
+    generator = torch.Generator().manual_seed(int(graph.context.training.seed))
+    nodes = {n.name: n for n in graph.nodes}
+    rows, skipped, float_inputs = [], [], []
+    for w, cfg in plan:
         if cfg is None:
-            skipped.append(node.name)
+            skipped.append({"name": w.name, "reason": 'config name = "NA" (default)'})
             continue
-        module = graph.module_of(node)
         extra = {}
         if isinstance(cfg, IntegerConfig):
-            quantize_integer(graph, node, cfg)
+            why = quantize_integer(graph, w, cfg)
+            if why is not None:
+                float_inputs.append({"name": w.name, "reason": why})
         else:
-            extra = quantize_kmeans(module, cfg.bits_for(op_type(module)), cfg, generator)
-        row = quantization_row(graph, node)
-        graph.meta(node)["software"]["quantize"] = row
+            extra = quantize_kmeans(w, cfg.bits_for(w.kind), cfg, generator)
+        row = quantization_row(graph, w)
+        if w.node is not None:
+            graph.meta(nodes[w.node])["software"]["quantize"] = row
         rows.append({**row, **extra})
-        logger.info("quantized %s: %s %d bits, %d distinct values, %.1f kB", node.name, row["arithmetic"],
+        logger.info("quantized %s: %s %d bits, %d distinct values, %.1f kB", w.name, row["arithmetic"],
                     row["bits"], row["distinct"], row["size_bits"] / 8192)
-    return graph, {"by": args.by, "layers": rows, "skipped": skipped, "total": totals(rows)}
+    if skipped:
+        logger.info("left in float: %s", ", ".join(s["name"] for s in skipped))
+    return graph, {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs,
+                   "total": totals(rows)}

@@ -24,61 +24,32 @@ Seed-compatible config::
     strategy = "auto"           # "ddp" for multi-device / multi-node
     num_nodes = 1
 
-Unset values fall back to the run's top-level keys (``graph.context``).
+Unset values fall back to the run's settings (``graph.context.training``, from the top-level keys).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-from machop.config import ConfigError, check_range, from_dict, join
+from machop.config import ConfigError, TrainSettings, from_dict, join, pass_path
 from machop.ir import MaseGraph
-from machop.training import TrainSettings, evaluate, fit
+from machop.ir.serialize import describe_structure, load_weights
+from machop.training import evaluate, fit
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainingArgs:
-    max_epochs: int | None = None
-    optimizer: Literal["adam", "sgd", "adamw"] | None = None
-    learning_rate: float | None = None
-    weight_decay: float | None = None
-    batch_size: int | None = None
-
-    def validate(self, path: str) -> None:
-        check_range(self.max_epochs, join(path, "max_epochs"), 1, 10_000)
-        check_range(self.batch_size, join(path, "batch_size"), 1, 1 << 20)
-        check_range(self.weight_decay, join(path, "weight_decay"), 0.0, 1.0)
-        if self.learning_rate is not None and not 0 < self.learning_rate <= 10:
-            raise ConfigError(join(path, "learning_rate"), f"must be in (0, 10], got {self.learning_rate}")
-
-
-@dataclass
-class TrainerArgs:
-    max_epochs: int | None = None
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] | None = None
-    devices: int | Literal["auto"] | None = None
-    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "ddp_find_unused_parameters_true"] | None = None
-    num_nodes: int | None = None
-    limit_train_batches: float | int | None = None
-    log_every_n_steps: int | None = None
-
-    def validate(self, path: str) -> None:
-        check_range(self.max_epochs, join(path, "max_epochs"), 1, 10_000)
-        if isinstance(self.devices, int):
-            check_range(self.devices, join(path, "devices"), 1, 1024)
-        check_range(self.num_nodes, join(path, "num_nodes"), 1, 1 << 16)
-
-
-@dataclass
 class TrainArgs:
-    """Arguments of the train pass: ``training`` (optimisation) and ``trainer`` (Lightning) tables."""
+    """Arguments of the train pass. ``training`` and ``trainer`` override the run's `TrainSettings`
+    (`TrainSettings.TRAINING_KEYS` and `TrainSettings.TRAINER_KEYS`)."""
 
-    training: TrainingArgs = field(default_factory=TrainingArgs)
-    trainer: TrainerArgs = field(default_factory=TrainerArgs)
+    training: dict[str, Any] | None = None
+    trainer: dict[str, Any] | None = None
     load_name: str | None = None
     load_type: Literal["pl", "pt", "mz"] | None = None
     test: bool = True  # evaluate on the test split after training
@@ -87,6 +58,12 @@ class TrainArgs:
     def validate(self, path: str) -> None:
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz")
+        self.settings(TrainSettings(), path)  # check both tables now
+
+    def settings(self, base: TrainSettings, path: str = "passes.train") -> TrainSettings:
+        """``base`` with the ``trainer`` table, then the ``training`` table, applied."""
+        s = base.override(self.trainer, TrainSettings.TRAINER_KEYS, join(path, "trainer"))
+        return s.override(self.training, TrainSettings.TRAINING_KEYS, join(path, "training"))
 
 
 @dataclass
@@ -106,28 +83,10 @@ def parse_test_args(pass_args: dict | None, path: str = "passes.test") -> TestAr
     return from_dict(TestArgs, pass_args, path)
 
 
-def settings_from_context(graph: MaseGraph, args: TrainArgs | None = None) -> TrainSettings:
-    """Training settings: the pass's tables over the run's top-level values."""
-    ctx = graph.context
-    s = TrainSettings(
-        max_epochs=ctx.max_epochs,
-        optimizer=ctx.optimizer,
-        learning_rate=ctx.learning_rate,
-        weight_decay=ctx.weight_decay,
-        accelerator=ctx.accelerator,
-        devices=ctx.devices,
-        strategy=ctx.strategy,
-        num_nodes=ctx.num_nodes,
-        limit_train_batches=ctx.limit_train_batches,
-        log_every_n_steps=ctx.log_every_n_steps,
-        seed=ctx.seed,
-        progress_bar=ctx.progress_bar,
-    )
-    if args is None:
-        return s
-    overrides = {k: v for k, v in vars(args.trainer).items() if v is not None}
-    overrides |= {k: v for k, v in vars(args.training).items() if v is not None and k != "batch_size"}
-    return replace(s, **overrides)
+def check_train_args(graph: MaseGraph, args: TrainArgs, path: str, earlier: list[str] = ()) -> None:
+    """Refuse a train step whose ``load_name`` file does not exist."""
+    if args.load_name is not None and not Path(args.load_name).is_file():
+        raise ConfigError(join(path, "load_name"), f"no such file: {args.load_name}")
 
 
 def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
@@ -137,33 +96,36 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     ``val_acc``, ``val_loss``, ``best_val_acc``, ``epochs`` and, unless
     ``test = false``, ``test_acc`` and ``test_loss``.
     """
-    args = parse_train_args(pass_args)
-    data = graph.context.require_data("train")
-    if args.baseline and graph.context.loaded_from is not None:
-        logger.info("baseline loaded from %s: not training it again", graph.context.loaded_from)
-        return graph, {"skipped": True, **evaluate(graph, data, settings_from_context(graph, args))}
+    path = pass_path(graph.context.step, "passes.train")
+    args = parse_train_args(pass_args, path)
+    ctx = graph.context
+    s = args.settings(ctx.training, path)
+    data = ctx.require_data("train")
+    if args.baseline and ctx.loaded_from is not None:
+        logger.info("baseline loaded from %s: not training it again", ctx.loaded_from)
+        return graph, {"skipped": True, **evaluate(graph.model, data, s, progress=ctx.progress_bar)}
     if args.load_name is not None:
-        from machop.ir.serialize import load_weights
-
         load_weights(graph, args.load_name, args.load_type)
-    s = settings_from_context(graph, args)
-    if graph.context.output_dir is not None:
-        s = replace(s, checkpoint_dir=graph.context.output_dir / "checkpoints" / (graph.context.step or "train"))
-    batch_size = data.batch_size
-    if args.training.batch_size is not None:
-        data.batch_size = args.training.batch_size
+    checkpoint_dir = ctx.output_dir / "checkpoints" / (ctx.step or "train") if ctx.output_dir is not None else None
+    batch_size = getattr(data, "batch_size", None)
+    if s.batch_size != batch_size and args.training and "batch_size" in args.training:
+        if batch_size is None:
+            raise ConfigError(join(path, "training.batch_size"),
+                              f"the data module ({type(data).__name__}) has no batch_size to set; batch your DataLoaders")
+        data.batch_size = s.batch_size
     try:
-        info = fit(graph, data, s)
+        info = fit(graph.model, data, s, checkpoint_dir, ctx.progress_bar, json.dumps(describe_structure(graph)))
         if args.test:
-            info |= evaluate(graph, data, s)
+            info |= evaluate(graph.model, data, s, progress=ctx.progress_bar)
     finally:
-        data.batch_size = batch_size
+        if batch_size is not None:
+            data.batch_size = batch_size
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
 
 
 def test_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Evaluate ``graph.model``: ``info`` = ``{"test_acc", "test_loss"}`` (or ``val_*``)."""
-    args = parse_test_args(pass_args)
+    args = parse_test_args(pass_args, pass_path(graph.context.step, "passes.test"))
     data = graph.context.require_data("test")
-    return graph, evaluate(graph, data, settings_from_context(graph), stage=args.split)
+    return graph, evaluate(graph.model, data, graph.context.training, stage=args.split, progress=graph.context.progress_bar)

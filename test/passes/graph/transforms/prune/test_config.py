@@ -8,7 +8,8 @@ import pytest
 from torch.nn.utils import parametrize
 
 from machop.config import ConfigError
-from machop.passes.graph.transforms.prune import ActivationPrune, parse_prune_args, prune_transform_pass
+from machop.nn import ActivationPrune
+from machop.passes.graph.transforms.prune import parse_prune_args, prune_transform_pass
 
 
 def _untouched(graph) -> bool:
@@ -74,16 +75,16 @@ def test_kernelwise_on_linear_names_the_layers(make_graph):
     graph = make_graph("lenet5")
     msg = _error(graph, {"weight": {"sparsity": 0.5, "granularity": "kernelwise"}})
     assert msg.startswith("passes.prune.weight.granularity: kernelwise")
-    assert "fc1, fc2" in msg and "exclude" in msg
+    assert "fc1 (linear), fc2 (linear)" in msg and 'exclude = ["fc1", "fc2"]' in msg
     prune_transform_pass(graph, {"weight": {"sparsity": 0.5, "granularity": "kernelwise", "exclude": ["fc1", "fc2"]}})
 
 
 def test_unknown_node_names(make_graph):
     graph = make_graph("lenet5")
     msg = _error(graph, {"weight": {"sparsity": 0.5, "exclude": ["fc3"]}})
-    assert msg == "passes.prune.weight.exclude: unknown node name(s) 'fc3'; valid node names: conv1, conv2, fc1, fc2"
+    assert msg == "passes.prune.weight.exclude: unknown name(s) 'fc3'; valid names: conv1, conv2, fc1, fc2"
     msg = _error(graph, {"activation": {"sparsity": {"default": 0.1, "conv9": 0.5, "fc1": 0.2}}})
-    assert msg.startswith("passes.prune.activation.sparsity: unknown node name(s) 'conv9'; valid node names: conv1")
+    assert msg.startswith("passes.prune.activation.sparsity: unknown name(s) 'conv9'; valid names: conv1")
 
 
 def test_per_layer_sparsity_rules(make_graph):

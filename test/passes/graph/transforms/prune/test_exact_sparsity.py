@@ -9,13 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from machop.passes.graph.transforms.prune import (
-    ACTIVATION_METHODS,
-    WEIGHT_METHODS,
-    ActivationPrune,
-    get_mask,
-    prune_transform_pass,
-)
+from machop.nn import ActivationPrune, get_mask
+from machop.passes.graph.transforms.prune import ACTIVATION_METHODS, WEIGHT_METHODS, prune_transform_pass
 
 MODELS = ["lenet5", "vgg7", "resnet18"]
 SPARSITY = 0.37  # not a round fraction of any layer size: rounding is exercised

@@ -43,18 +43,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
+from machop.config import TrainSettings
 from machop.datasets import MaseDataModule  # noqa: E402
 from machop.ir import MaseGraph, PassContext  # noqa: E402
 from machop.models import get_model  # noqa: E402
 from machop.passes.graph import PASSES  # noqa: E402
-from machop.passes.graph.transforms.prune import (  # noqa: E402
-    ACTIVATION_METHODS,
-    METHODS,
-    WEIGHT_METHODS,
-    ActivationPrune,
-    get_mask,
-)
-from machop.passes.graph.transforms.quantize import KMeansWeight, quantizer_of  # noqa: E402
+from machop.nn import ActivationPrune, KMeansWeight, get_mask, quantizer_of  # noqa: E402
+from machop.passes.graph.transforms.prune import ACTIVATION_METHODS, METHODS, WEIGHT_METHODS  # noqa: E402
 
 MODEL = "lenet5"  # has Conv2d layers (kernelwise needs them) and Linear layers, and trains in seconds on CPU
 TRAIN_LIMIT = 3000  # first 3000 training images: 2700 train, 300 validation
@@ -160,7 +155,7 @@ def test_slice(data) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _context(data: MaseDataModule, output_dir: Path) -> PassContext:
     return PassContext(data_module=data, model_name=MODEL, dataset_info=data.info, output_dir=output_dir,
-                       progress_bar=False, accelerator="cpu", max_epochs=1)
+                       progress_bar=False, training=TrainSettings(accelerator="cpu", max_epochs=1))
 
 
 @pytest.fixture(scope="module")

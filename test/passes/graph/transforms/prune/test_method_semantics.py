@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from machop.ir import MaseGraph
-from machop.passes.graph.transforms.prune import ActivationPrune, get_mask, prune_transform_pass
+from machop.nn import ActivationPrune, get_mask
+from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.passes.graph.transforms.prune.activation_methods import FeatureMapSimilarity
 
 
@@ -121,9 +122,9 @@ def test_random_is_seeded_and_deterministic(make_graph):
     assert torch.equal(run(3), run(3))
     assert not torch.equal(run(3), run(4))
     graph = make_graph("lenet5", data=False)
-    graph.context.seed = 3
+    graph.context.training.seed = 3
     prune_transform_pass(graph, {"weight": {"sparsity": 0.5, "method": "random"}})
-    assert torch.equal(get_mask(graph.model.fc1), run(3))  # default seed: graph.context.seed
+    assert torch.equal(get_mask(graph.model.fc1), run(3))  # default seed: graph.context.training.seed
 
 
 def _first_act(graph) -> ActivationPrune:

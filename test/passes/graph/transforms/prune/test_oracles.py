@@ -8,8 +8,9 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 
 from machop.ir import MaseGraph
-from machop.passes.graph.transforms.prune import get_mask, prune_transform_pass
-from machop.passes.graph.transforms.prune.ranking import lowest_k_mask, prune_count
+from machop.nn import get_mask
+from machop.passes.graph.transforms.prune import prune_transform_pass
+from machop.nn import lowest_k_mask, prune_count
 
 SPARSITIES = [0.1, 0.37, 0.5, 0.9, 0.999]
 

@@ -11,12 +11,8 @@ from torch.nn.utils import parametrize
 
 from machop.ir import load_graph, save_graph
 from machop.passes.graph.analysis.pruning import add_pruning_metadata
-from machop.passes.graph.transforms.prune import (
-    ActivationPrune,
-    get_mask,
-    prune_remove_pass,
-    prune_transform_pass,
-)
+from machop.nn import ActivationPrune, get_mask
+from machop.passes.graph.transforms.prune import prune_remove_pass, prune_transform_pass
 
 
 def _x(graph, n=2, seed=0):

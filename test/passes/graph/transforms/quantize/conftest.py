@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from machop.config import TrainSettings
 from machop.datasets import get_dataset_info
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
-from machop.passes.graph.transforms.prune.masks import apply_mask
+from machop.nn import apply_mask
 
 DATA = {"lenet5": "fashion_mnist", "lenet300": "fashion_mnist", "resnet18": "cifar10"}
 
@@ -17,7 +18,7 @@ def _make_graph(name: str = "lenet5", seed: int = 0) -> MaseGraph:
     """A fresh traced registry model with a context that can be saved."""
     torch.manual_seed(seed)
     info = get_dataset_info(DATA[name])
-    graph = MaseGraph(get_model(name, info), context=PassContext(model_name=name, dataset_info=info, seed=seed))
+    graph = MaseGraph(get_model(name, info), context=PassContext(model_name=name, dataset_info=info, training=TrainSettings(seed=seed)))
     graph.model.eval()
     return graph
 

@@ -7,16 +7,9 @@ import torch
 from torch.nn.utils import parametrize
 
 from machop.ir.serialize import apply_structure, describe_structure, load_graph, save_graph
-from machop.passes.graph.transforms.prune.masks import WeightMask, get_mask
-from machop.passes.graph.transforms.quantize import (
-    FixedPoint,
-    KMeansWeight,
-    WeightCodes,
-    fixed_point_grid,
-    load_weight_codes,
-    quantize_transform_pass,
-    weight_codes,
-)
+from machop.nn import WeightMask, get_mask
+from machop.nn import FixedPoint, KMeansWeight, WeightCodes, fixed_point_grid, load_weight_codes, weight_codes
+from machop.passes.graph.transforms.quantize import quantize_transform_pass
 
 INT_CFG = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 5, "weight_width": 6, "weight_frac_width": 7,
            "bias_width": 8, "bias_frac_width": 6}

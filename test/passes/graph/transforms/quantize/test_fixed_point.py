@@ -9,8 +9,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from machop.ir import MaseGraph
-from machop.passes.graph.transforms.prune.masks import apply_mask
-from machop.passes.graph.transforms.quantize import FixedPoint, quantize_fixed_point, quantize_transform_pass
+from machop.nn import apply_mask
+from machop.nn import FixedPoint, quantize_fixed_point
+from machop.passes.graph.transforms.quantize import quantize_transform_pass
 
 
 def oracle(x: torch.Tensor, width: int, frac: int) -> torch.Tensor:

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from machop.config import TrainSettings
 from machop.config import ConfigError
 from machop.datasets import MaseDataModule
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
 from machop.passes.graph import PASSES
-from machop.passes.graph.transforms.prune.masks import apply_mask, get_mask
+from machop.nn import apply_mask, get_mask
 from machop.passes.graph.transforms.train import parse_train_args
 
 ROOT = Path(__file__).resolve().parents[5]
@@ -30,7 +31,7 @@ def data():
 
 def _graph(data, name="lenet5"):
     torch.manual_seed(0)
-    ctx = PassContext(data_module=data, model_name=name, dataset_info=data.info, progress_bar=False, accelerator="cpu")
+    ctx = PassContext(data_module=data, model_name=name, dataset_info=data.info, progress_bar=False, training=TrainSettings(accelerator="cpu"))
     return MaseGraph(get_model(name, data.info), context=ctx)
 
 

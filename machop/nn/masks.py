@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from machop.ir.serialize import rebuildable
+from .rebuild import rebuildable
+from .weights import Weight, register
 
 
 @rebuildable
@@ -50,33 +51,30 @@ def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     return out
 
 
-def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", how: dict | None = None) -> WeightMask:
-    """Prune ``module.name`` with ``mask`` (True = keep).
+def apply_mask(
+    target: nn.Module | Weight, mask: torch.Tensor, name: str = "weight", how: dict | None = None
+) -> WeightMask:
+    """Prune a weight with ``mask`` (True = keep).
 
-    If the tensor already carries a `WeightMask`, the new mask is ANDed into
-    it (iterative pruning never revives a pruned weight); otherwise a new
-    parametrization is registered. ``how`` (if given) replaces the record of
-    how the mask was made.
+    ``target`` is a `Weight` (masked at every site it is used, so a tied
+    weight stays tied) or a module (its tensor ``name``). If the tensor
+    already carries a `WeightMask`, the new mask is ANDed into it (iterative
+    pruning never revives a pruned weight); otherwise a new parametrization
+    is registered. ``how`` (if given) replaces the record of how the mask
+    was made.
     """
-    tensor = module.parametrizations[name].original if parametrize.is_parametrized(module, name) else None
-    if tensor is None or tensor.shape != mask.shape:  # the original tells shape and device without a forward
-        tensor = getattr(module, name)
+    weight = target if isinstance(target, Weight) else Weight(name, None, [("", target, name)])
+    tensor = weight.stored()
     if mask.shape != tensor.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {name} shape {tuple(tensor.shape)}")
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {weight.name} shape {tuple(tensor.shape)}")
     mask = mask.to(device=tensor.device, dtype=torch.bool)
-    if parametrize.is_parametrized(module, name):
-        for p in module.parametrizations[name]:
+    if parametrize.is_parametrized(weight.module, weight.tensor_name):
+        for p in weight.module.parametrizations[weight.tensor_name]:
             if isinstance(p, WeightMask):
                 p.mask &= mask
                 if how is not None:
                     p.how = dict(how)
                 return p
     p = WeightMask(mask, how)
-    parametrize.register_parametrization(module, name, p, unsafe=True)
+    register(weight, p)
     return p
-
-
-def remove_masks(module: nn.Module, name: str = "weight") -> None:
-    """Bake every parametrization of ``module.name`` into a plain parameter."""
-    if parametrize.is_parametrized(module, name):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from machop.passes.graph.transforms.prune.masks import WeightMask, get_mask
+from .masks import WeightMask, get_mask
 
 from .fixed_point import FixedPoint, fixed_point_codes, fixed_point_range
 from .shared_weight import KMeansWeight, index_dtype

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from machop.ir.serialize import rebuildable
+from .rebuild import rebuildable
 
 MAX_WIDTH = 16
 MAX_FRAC_WIDTH = 32

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from machop.ir.serialize import rebuildable
+from .rebuild import rebuildable
 
 
 def index_dtype(n_codes: int) -> torch.dtype:

@@ -1,0 +1,47 @@
+"""machop's core: the torch-only building blocks a compressed model is made of.
+
+- `WeightMask` (prune), `KMeansWeight` (weight sharing), `FixedPoint`
+  (fixed point): parametrizations of a weight; `ActivationPrune`: a module
+  inserted in front of a layer;
+- `weight_codes` / `load_weight_codes`: a quantized weight as
+  ``codebook[codes] * mask``, what the Huffman coder stores;
+- `compressible_weights`: every weight of a model that machop compresses
+  (`KINDS`), each once, with every site a tied or reused weight lives at;
+- `REBUILDABLE`: the classes a saved file may name.
+
+It imports nothing else of machop; everything else builds on it.
+"""
+
+from .activation import ActivationPrune
+from .codes import WeightCodes, fixed_point_grid, load_weight_codes, quantizer_of, weight_codes
+from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH, FixedPoint, fixed_point_codes, fixed_point_range, quantize_fixed_point
+from .masks import WeightMask, apply_mask, get_mask
+from .ranking import group_scores, lowest_k_mask, prune_count
+from .rebuild import REBUILDABLE, is_rebuildable, rebuild, rebuildable, spec_of
+from .shared_weight import KMeansWeight, index_dtype
+from .weights import (
+    KIND_NAMES,
+    KINDS,
+    LayerKind,
+    Weight,
+    bake,
+    chain,
+    compressible_weights,
+    dense_parameter_count,
+    has_tensor,
+    kind_of,
+    nonzero_parameter_count,
+    register,
+    stored,
+    tensor_sites,
+    tied_tensors,
+)
+
+__all__ = [
+    "ActivationPrune", "FixedPoint", "KIND_NAMES", "KINDS", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
+    "MAX_WIDTH", "REBUILDABLE", "Weight", "WeightCodes", "WeightMask", "apply_mask", "bake", "chain",
+    "compressible_weights", "dense_parameter_count", "fixed_point_codes", "fixed_point_grid", "fixed_point_range",
+    "get_mask", "group_scores", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "load_weight_codes", "nonzero_parameter_count",
+    "lowest_k_mask", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register",
+    "spec_of", "stored", "tensor_sites", "tied_tensors", "weight_codes",
+]

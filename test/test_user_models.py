@@ -1,0 +1,232 @@
+"""machop on models it has never seen: every layer kind, every applicable prune method, ties and reuse.
+
+For each model of `zoo.models` and each applicable weight-pruning method (plus
+one fixed-point case): prune → quantize → Huffman-encode here, then decode
+every file **in a fresh Python process that imports only machop and the
+model classes**, and compare its outputs with the encoded model's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from machop.ir import GraphTraceError, MaseGraph, load_graph, save_graph
+from machop.nn import KMeansWeight, chain, get_mask, tied_tensors
+from machop.passes.graph import PASSES
+from machop.passes.graph.transforms.prune import WEIGHT_METHODS
+
+from zoo.models import ZOO
+
+TEST_DIR = Path(__file__).resolve().parent
+KMEANS = {"by": "type", "default": {"config": {"name": "kmeans", "weight_bits": 4}}}
+INTEGER = {"by": "type", "default": {"config": {
+    "name": "integer", "data_in_width": 8, "data_in_frac_width": 4, "weight_width": 8, "weight_frac_width": 6,
+    "bias_width": 8, "bias_frac_width": 5,
+}}}
+
+
+def _graph(name: str) -> tuple[MaseGraph, torch.Tensor]:
+    torch.manual_seed(0)
+    cls = ZOO[name]
+    x = cls.example()
+    return MaseGraph(cls(), dummy_input=x), x
+
+
+def _cases() -> list[tuple[str, str, dict, dict]]:
+    """(model, label, prune table, quantize table): every applicable method, then fixed point."""
+    cases = []
+    for name in ZOO:
+        graph, _ = _graph(name)
+        kinds = {w.kind.name: w.kind for w in graph.weights()}
+        for (scope, granularity), methods in WEIGHT_METHODS.items():
+            table = {"sparsity": 0.5, "scope": scope, "granularity": granularity}
+            if granularity != "elementwise":
+                has = (lambda k: k.kernels) if granularity == "kernelwise" else (lambda k: k.channel_dim is not None)
+                types = sorted(n for n, k in kinds.items() if has(k))
+                if not types:
+                    continue
+                table["types"] = types
+            for method in methods:
+                cases.append((name, f"{scope}-{granularity}-{method}", {"weight": {**table, "method": method}}, KMEANS))
+        cases.append((name, "integer", {"weight": {"sparsity": 0.5}}, INTEGER))
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory) -> dict:
+    """Every case encoded: {case id: (prune info, quantize info, huffman info, file)}; inputs/outputs on disk."""
+    out = tmp_path_factory.mktemp("zoo")
+    results, tensors = {}, {}
+    for name, label, prune, quantize in CASES:
+        case = f"{name}/{label}"
+        graph, x = _graph(name)
+        graph, pinfo = PASSES["prune"](graph, prune)
+        graph, qinfo = PASSES["quantize"](graph, quantize)
+        graph.model.eval()
+        with torch.no_grad():
+            expected = graph.model(x)
+        path = out / f"{name}-{label}.mchz"
+        graph, hinfo = PASSES["huffman_encode"](graph, {"path": str(path)})
+        results[case] = (graph, pinfo, qinfo, hinfo, path)
+        tensors[case] = [x, expected]
+    torch.save(tensors, out / "io.pt")
+    return {"dir": out, "results": results}
+
+
+def test_the_zoo_covers_every_kind_and_at_least_ten_architectures():
+    assert len(ZOO) >= 10
+    kinds = {w.kind.name for name in ZOO for w in _graph(name)[0].weights()}
+    assert kinds >= {"linear", "conv1d", "conv2d", "conv3d", "convtranspose2d", "embedding", "mha", "lstm", "gru"}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_weight_is_found_and_named(name):
+    graph, _ = _graph(name)
+    assert [w.name for w in graph.weights()] == ZOO[name].WEIGHTS
+
+
+@pytest.mark.parametrize("case", [f"{c[0]}/{c[1]}" for c in CASES])
+def test_nothing_is_left_uncompressed_and_every_parameter_counts(encoded, case):
+    graph, pinfo, qinfo, hinfo, path = encoded["results"][case]
+    name = case.split("/")[0]
+    weights = graph.weights()
+    pruned = set(pinfo["weight"]["layers"])
+    left = {d["name"] for d in pinfo["weight"]["dense"]}
+    assert pruned | left == {w.name for w in weights} and not pruned & left
+    assert all(d["reason"].startswith("type ") for d in pinfo["weight"]["dense"])  # only types narrowed it
+    for w in weights:  # a mask on every pruned weight; 50% of a 1-channel layer rounds to none pruned
+        if w.name in pruned:
+            assert get_mask(w.module, w.tensor_name) is not None, w.name
+    assert 0.3 < pinfo["weight"]["achieved"] < 0.7
+    assert len(qinfo["layers"]) == len(weights) and not qinfo["skipped"]
+    assert hinfo["raw_layers"] == [] and {r["layer"] for r in hinfo["layers"]} == {w.name for w in weights}
+    dense = sum(p.numel() for p in ZOO[name]().parameters())  # parameters() counts a tied tensor once
+    assert hinfo["total"]["dense_params"] == dense == pinfo["totals"]["model_params"]
+    assert hinfo["file_bytes"] == os.path.getsize(path)
+    assert hinfo["total"]["ratio"] == pytest.approx(4 * dense / hinfo["file_bytes"])
+
+
+def test_fresh_process_with_only_the_model_classes_decodes_bit_identical(encoded):
+    files = {case: str(r[4]) for case, r in encoded["results"].items()}
+    script = f"""
+import json, sys, torch
+sys.path.insert(0, {str(TEST_DIR)!r})
+import machop
+from machop.nn import tied_tensors
+from zoo.models import ZOO
+files = json.loads({json.dumps(json.dumps(files))})
+io = torch.load({str(encoded["dir"] / "io.pt")!r}, weights_only=True)
+report = {{}}
+for case, path in files.items():
+    model = machop.load_compressed(path, model=ZOO[case.split("/")[0]]()).eval()
+    x, expected = io[case]
+    with torch.no_grad():
+        out = model(x)
+    report[case] = {{"equal": torch.equal(out, expected), "ties": tied_tensors(model)}}
+print(json.dumps(report))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) == set(files)
+    assert [case for case, r in report.items() if not r["equal"]] == []
+    for case, r in report.items():
+        if case.startswith("TiedEmbedding/"):
+            assert r["ties"] == [["emb.weight", "decoder.weight"]], case
+
+
+def test_tied_weight_has_one_mask_and_one_codebook_and_stays_tied(encoded):
+    graph, *_ = encoded["results"]["TiedEmbedding/local-elementwise-l1-norm"]
+    model = graph.model
+    assert model.emb.parametrizations.weight.original is model.decoder.parametrizations.weight.original
+    emb_chain, dec_chain = chain(model.emb), chain(model.decoder)
+    assert len(emb_chain) == len(dec_chain) == 2 and all(a is b for a, b in zip(emb_chain, dec_chain))
+    assert torch.equal(model.emb.weight, model.decoder.weight)
+    assert tied_tensors(model) == [["emb.weight", "decoder.weight"]]
+
+
+def test_module_called_twice_is_one_weight_quantized_once(encoded):
+    graph, pinfo, qinfo, hinfo, _ = encoded["results"]["CalledTwice/local-elementwise-l1-norm"]
+    assert len(graph.call_nodes("shared")) == 2
+    assert [type(p).__name__ for p in chain(graph.model.shared)] == ["WeightMask", "KMeansWeight"]
+    assert [r["name"] for r in qinfo["layers"]] == ["inp", "shared", "outp"]
+    assert pinfo["totals"]["model_params"] == sum(p.numel() for p in ZOO["CalledTwice"]().parameters())
+
+
+def test_prune_remove_keeps_ties_and_outputs():
+    graph, x = _graph("TiedEmbedding")
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.6}})
+    graph.model.eval()
+    before = graph.model(x)
+    graph, info = PASSES["prune_remove"](graph, None)
+    assert info["baked_weight_masks"] == 2
+    assert graph.model.emb.weight is graph.model.decoder.weight
+    assert isinstance(graph.model.emb.weight, nn.Parameter)
+    assert torch.equal(before, graph.model(x))
+    assert float((graph.model.emb.weight == 0).float().mean()) == pytest.approx(0.6, abs=0.01)
+
+
+def test_save_and_load_keep_a_tie(tmp_path):
+    graph, x = _graph("TiedEmbedding")
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5}})
+    graph, _ = PASSES["quantize"](graph, KMEANS)
+    graph.model.eval()
+    path = save_graph(graph, tmp_path / "tied.mz")
+    loaded = load_graph(path, model=ZOO["TiedEmbedding"]())
+    loaded.model.eval()
+    assert torch.equal(graph.model(x), loaded.model(x))
+    q = [p for p in chain(loaded.model.emb) if isinstance(p, KMeansWeight)]
+    assert q and q[0] is [p for p in chain(loaded.model.decoder) if isinstance(p, KMeansWeight)][0]
+
+
+def test_a_user_model_file_without_the_model_says_how_to_pass_it(tmp_path):
+    graph, _ = _graph("MLP")
+    path = save_graph(graph, tmp_path / "mlp.mz")
+    with pytest.raises(ValueError, match=r"your own model \(MLP\).*load_graph\(path, model=MLP\(...\)\)"):
+        load_graph(path)
+
+
+def test_a_different_model_is_refused_naming_the_first_tensor(tmp_path):
+    graph, _ = _graph("MLP")
+    path = save_graph(graph, tmp_path / "mlp.mz")
+    with pytest.raises(ValueError, match=r"mlp.mz does not fit the model: the model has no tensor 'fc1.weight'"):
+        load_graph(path, model=ZOO["CalledTwice"]())
+
+
+class _Gate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return x
+        return -x
+
+
+class _Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.gate = nn.Linear(4, 4), _Gate()
+
+    def forward(self, x):
+        return self.gate(self.fc(x))
+
+
+def test_a_tracing_failure_names_the_module_and_the_way_out():
+    with pytest.raises(GraphTraceError) as err:
+        MaseGraph(_Gated())
+    message = str(err.value)
+    assert "module 'gate' (_Gate)" in message and "leaf_modules=(_Gate,)" in message and "concrete_args" in message
+    assert len(message.splitlines()) == 1
+    model = _Gated()
+    graph = MaseGraph(model, leaf_modules=(_Gate,))
+    x = torch.randn(2, 4)
+    assert torch.equal(graph.model(x), model(x))
