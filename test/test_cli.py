@@ -45,6 +45,24 @@ CASES = [
     ("missing-checkpoint", TRAIN_TABLE, ["--load", "missing.ckpt", "--load-type", "pl"], "--load: no such file: missing.ckpt"),
     ("bad-load-type", TRAIN_TABLE, ["--load", "x.ckpt", "--load-type", "onnx"], "--load-type: must be one of"),
     ("devices-word", TRAIN_TABLE, ["--devices", "many"], "--devices: must be a positive integer or 'auto'"),
+    ("unknown-layer-type", "[passes.prune.weight]\nsparsity = 0.5\ntypes = ['conv9d']\n", [],
+     "passes.prune.weight.types[0]: unknown layer type 'conv9d'"),
+    # checked against the built model before step 1: a later step's label is named, nothing runs
+    ("graph-check-second-prune-exclude", TRAIN_TABLE + "[passes.prune.weight]\nsparsity = 0.5\n[passes.prune_2]\n"
+     "pass = 'prune'\n[passes.prune_2.weight]\nsparsity = 0.8\nexclude = ['fc9']\n", [],
+     "passes.prune_2.weight.exclude: unknown name(s) 'fc9'; valid names: conv1, conv2, fc1, fc2"),
+    ("graph-check-type-absent", "[passes.prune.weight]\nsparsity = 0.5\ntypes = ['lstm']\n", [],
+     "passes.prune.weight.types: no lstm layer in this model; it has: conv2d, linear"),
+    ("graph-check-kernelwise-linear", "[passes.prune.weight]\nsparsity = 0.5\ngranularity = 'kernelwise'\n", [],
+     "passes.prune.weight.granularity: kernelwise pruning prunes the kernels of convolutions"),
+    ("graph-check-quantize-key", TRAIN_TABLE + "[passes.quantize]\nby = 'name'\n[passes.quantize.conv9.config]\n"
+     "name = 'kmeans'\n", [], "passes.quantize.conv9: matches no weight of this model"),
+    ("graph-check-huffman-before-quantize", TRAIN_TABLE + "[passes.huffman]\nis_huffman = true\n", [],
+     "passes.huffman: comes before any quantize step"),
+    ("graph-check-decode-missing", "[passes.huffman_decode]\npath = 'none.mchz'\n", [],
+     "passes.huffman_decode.path: no such file: none.mchz"),
+    ("graph-check-train-load-missing", "[passes.retrain]\nload_name = 'gone.ckpt'\nload_type = 'pl'\n", [],
+     "passes.retrain.load_name: no such file: gone.ckpt"),
 ]
 
 

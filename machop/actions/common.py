@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from machop.config import Config, ConfigError
-from machop.datasets import DATASETS, MaseDataModule
+from machop.datasets import DATASETS, MaseDataModule, get_dataset_info
 from machop.ir import MaseGraph, PassContext
 from machop.ir.serialize import load_model
 from machop.models import MODELS, get_model
@@ -46,35 +46,36 @@ def check_names(config: Config) -> None:
         raise ConfigError("dataset", f"unknown dataset {config.dataset!r}; choose from {', '.join(sorted(DATASETS))}")
 
 
-def context(config: Config, dm, progress: bool) -> PassContext:
-    return PassContext(
-        data_module=dm, model_name=config.model, dataset_info=dm.info, training=config.training, progress_bar=progress
-    )
-
-
-def load(config: Config, ctx: PassContext, info) -> MaseGraph:
+def load(config: Config, ctx: PassContext) -> MaseGraph:
     """The graph of ``config.load_name`` (any load type, the compressed ``huffman`` one included)."""
     if config.load_type == "huffman":
         return load_compressed(config.load_name, context=ctx)
-    return load_model(config.load_name, config.load_type, model_name=config.model, dataset_info=info, context=ctx)
+    return load_model(config.load_name, config.load_type, model_name=config.model, dataset_info=ctx.dataset_info,
+                      context=ctx)
 
 
-def build_graph(config: Config, dm, progress: bool = True) -> MaseGraph:
-    """A MaseGraph of the config's model: loaded from ``load_name`` if given, else freshly initialised."""
+def build_graph(config: Config, progress: bool = True) -> MaseGraph:
+    """A MaseGraph of the config's model, loaded from ``load_name`` if given, else freshly initialised.
+
+    It needs no data (shapes come from the data set's registry entry), so
+    everything about the model is checked before any data is read; the
+    action sets ``graph.context.data_module`` afterwards.
+    """
     torch.manual_seed(config.seed)
-    ctx = context(config, dm, progress)
+    info = get_dataset_info(config.dataset)
+    ctx = PassContext(model_name=config.model, dataset_info=info, training=config.training, progress_bar=progress)
     if config.load_name is None:
-        graph = MaseGraph(get_model(config.model, dm.info), context=ctx)
+        graph = MaseGraph(get_model(config.model, info), context=ctx)
     else:
         try:
-            graph = load(config, ctx, dm.info)
+            graph = load(config, ctx)
         except (FileNotFoundError, ValueError, OSError) as e:
             raise ConfigError("load_name", str(e).splitlines()[0]) from None
         if graph.context.model_name != config.model:
             raise ConfigError("load_name", f"{config.load_name} holds a {graph.context.model_name}, not {config.model}")
         graph.context = ctx
         ctx.loaded_from = config.load_name
-    graph.dummy_input = dm.dummy_input(2)
+    graph.dummy_input = torch.zeros(2, info.in_channels, *info.image_size)
     return graph
 
 

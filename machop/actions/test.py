@@ -11,8 +11,8 @@ from .common import build_graph, console, data_module, print_effective
 def test(config: Config, progress: bool = True) -> int:
     if config.load_name is None:
         raise ConfigError("--load", "is required: the checkpoint to evaluate (with --load-type pl|pt|mz|huffman)")
-    dm = data_module(config)
-    graph = build_graph(config, dm, progress)
+    graph = build_graph(config, progress)
+    dm = graph.context.data_module = data_module(config)
     print_effective(config, ["model", "dataset", "load_name", "load_type", "batch_size", "accelerator", "seed"])
     result = evaluate(graph.model, dm, config.training, progress=progress)
     console.print(f"test_acc {result['test_acc']:.4f}")

@@ -12,8 +12,8 @@ KEYS = ["model", "dataset", "load_name", "load_type", "batch_size", "max_epochs"
 
 
 def train(config: Config, progress: bool = True) -> int:
-    dm = data_module(config)
-    graph = build_graph(config, dm, progress)
+    graph = build_graph(config, progress)
+    dm = graph.context.data_module = data_module(config)
     print_effective(config, KEYS)
     out = run_dir(config, "train")
     result = fit(graph.model, dm, config.training, out / "checkpoints", progress)

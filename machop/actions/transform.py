@@ -66,9 +66,9 @@ def _histogram(graph, name: str, before) -> dict:
 
 def transform(config: Config, config_path: str | None, progress: bool = True) -> int:
     steps = plan(config)
-    dm = data_module(config)
-    graph = build_graph(config, dm, progress)
+    graph = build_graph(config, progress)
     check_plan(graph, steps)
+    graph.context.data_module = data_module(config)
     init_metadata(graph)
     add_common_metadata(graph)
     print_effective(config, KEYS)

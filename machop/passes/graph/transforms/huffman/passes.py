@@ -177,14 +177,21 @@ def load_compressed(
 
 
 def dense_copy(graph: MaseGraph) -> MaseGraph:
-    """A copy of ``graph`` with every mask, codebook and inserted module taken away: the dense architecture."""
+    """A copy of ``graph`` with every mask, codebook and inserted module taken away: the dense architecture.
+
+    ``graph`` itself is untouched. (torch's ``remove_parametrizations`` would
+    delete the weight property from the parametrized class the copy shares
+    with the original, so each copied module gets its plain class back instead.)
+    """
     copied = MaseGraph(copy.deepcopy(graph.model), context=graph.context)
     for node in [n for n in copied.nodes if n.op == "call_module" and is_rebuildable(copied.module_of(n))]:
         copied.remove_module_node(node)
     for module in list(copied.model.modules()):
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+            originals = {name: plist.original for name, plist in module.parametrizations.items()}
+            module.__class__ = type(module).__bases__[0]  # the class parametrize derived the Parametrized* one from
+            del module._modules["parametrizations"]
+            module._parameters.update(originals)
     return copied
 
 
