@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from machop.config import Config
+from machop.ir.serialize import describe_structure
 from machop.training import fit
 
 from .common import build_graph, console, data_module, print_effective, run_dir
@@ -16,7 +19,7 @@ def train(config: Config, progress: bool = True) -> int:
     dm = graph.context.data_module = data_module(config)
     print_effective(config, KEYS)
     out = run_dir(config, "train")
-    result = fit(graph.model, dm, config.training, out / "checkpoints", progress)
+    result = fit(graph.model, dm, config.training, out / "checkpoints", progress, json.dumps(describe_structure(graph)))
     console.print(f"val_acc {result['best_val_acc']:.4f} (best epoch), {result['world_size']} process(es)")
     console.print(f"Best checkpoint: {result['checkpoint']}")
     console.print(f"Test it: ./ch test --model {config.model} --dataset {config.dataset} "

@@ -53,9 +53,14 @@ class ArchitectureMismatch(ValueError):
 # --------------------------------------------------------------------------- signatures
 
 
+def signature_of(state: dict[str, torch.Tensor]) -> list[list]:
+    """``[key, shape, dtype]`` for every entry of a state dict, in its order."""
+    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+
+
 def state_signature(model: nn.Module) -> list[list]:
-    """``[key, shape, dtype]`` for every state-dict entry, in state-dict order."""
-    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+    """The `signature_of` the model's state dict."""
+    return signature_of(model.state_dict())
 
 
 def base_signature(signature: list[list], structure: dict) -> list[list]:
@@ -252,9 +257,8 @@ def load_model(
     """Rebuild a MaseGraph from a ``pl``/``pt``/``mz`` file (see `base_graph` for which model)."""
     state, structure, meta = read_checkpoint(path, load_type)
     graph = base_graph(structure, model, str(path), context, model_name, dataset_info)
-    signature = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
     try:
-        check_architecture(graph, signature, structure)
+        check_architecture(graph, signature_of(state), structure)
     except ArchitectureMismatch as e:
         raise ArchitectureMismatch(f"{path} does not fit the model: {e}") from None
     if structure is not None:

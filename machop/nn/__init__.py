@@ -30,6 +30,8 @@ from .weights import (
     dense_parameter_count,
     has_tensor,
     kind_of,
+    module_paths,
+    most_specific,
     nonzero_parameter_count,
     register,
     stored,
@@ -42,6 +44,6 @@ __all__ = [
     "MAX_WIDTH", "REBUILDABLE", "Weight", "WeightCodes", "WeightMask", "apply_mask", "bake", "chain",
     "compressible_weights", "dense_parameter_count", "fixed_point_codes", "fixed_point_grid", "fixed_point_range",
     "get_mask", "group_scores", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "load_weight_codes", "nonzero_parameter_count",
-    "lowest_k_mask", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register",
+    "lowest_k_mask", "module_paths", "most_specific", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register",
     "spec_of", "stored", "tensor_sites", "tied_tensors", "weight_codes",
 ]

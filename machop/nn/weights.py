@@ -168,6 +168,21 @@ def nonzero_parameter_count(model: nn.Module) -> int:
     return total
 
 
+# --------------------------------------------------------------------------- names configs use
+
+
+def module_paths(qualname: str) -> list[str]:
+    """``"a.b.c"`` → ``["a", "a.b", "a.b.c"]``: the module and every parent, by qualified name."""
+    parts = qualname.split(".") if qualname else []
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def most_specific(keys, names: set[str], own: str) -> str | None:
+    """Of the ``keys`` found in ``names``, the one that says most: ``own`` itself, else the longest path."""
+    found = [k for k in keys if k in names]
+    return max(found, key=lambda k: (k == own, len(k))) if found else None
+
+
 # --------------------------------------------------------------------------- compressible weights
 
 
@@ -213,15 +228,14 @@ class Weight:
         name = self.tensor_name.replace("weight", "bias")
         return name if has_tensor(self.module, name) else None
 
-    def ancestry(self) -> list[str]:
+    def ancestry(self) -> set[str]:
         """Names a config may use to select this weight: its own, its modules' and their parents'."""
         names = {self.name, f"{self.qualname}.{self.tensor_name}".lstrip(".")}
         if self.node is not None:
             names.add(self.node)
         for qualname, _, _ in self.sites:
-            parts = qualname.split(".") if qualname else []
-            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-        return sorted(names)
+            names.update(module_paths(qualname))
+        return names
 
 
 def compressible_weights(model: nn.Module, node_names: dict[str, str] | None = None) -> list[Weight]:

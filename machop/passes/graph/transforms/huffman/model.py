@@ -46,6 +46,7 @@ from machop.ir.serialize import (
     describe_structure,
     first_mismatch,
     same_signature,
+    state_signature,
 )
 from machop.nn import WeightCodes, dense_parameter_count, is_rebuildable, load_weight_codes, weight_codes
 
@@ -92,18 +93,6 @@ def gap_decode(symbols: np.ndarray, index_bits: int, numel: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- signatures
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise ValueError(f"cannot store tensors of dtype {name}")
-    return name
-
-
-def state_signature(model: nn.Module) -> list[list]:
-    """``[key, shape, dtype]`` for every state-dict entry, in state-dict order (dtypes a file can hold)."""
-    return [[k, list(v.shape), _dtype_name(v.dtype)] for k, v in model.state_dict().items()]
 
 
 # --------------------------------------------------------------------------- raw tensors
@@ -163,6 +152,9 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
     coded, raw_layers = _coded_weights(graph, allow_raw)
     state = graph.model.state_dict(keep_vars=True)
     signature = state_signature(graph.model)
+    unstorable = [f"{k} ({d})" for k, _, d in signature if d not in _DTYPES]
+    if unstorable:
+        raise ValueError(f"huffman_encode: cannot store tensors of dtype {', '.join(unstorable[:3])}")
     aliases: dict[str, str] = {}
     first_key: dict[int, str] = {}
     for key, tensor in state.items():
@@ -190,10 +182,10 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         book = _tensor_bytes(codebook)
         name = _record_name(w.qualname, w.tensor_name)
         sections.append((f"layer:{name}", v_stream.data() + g_stream.data() + book))
+        where = {} if name == w.qualname else {"module": w.qualname, "tensor": w.tensor_name}  # default: name, weight
         layers.append({
-            "name": name, "module": w.qualname, "tensor": w.tensor_name, "node": w.name,
-            "shape": list(wc.codes.shape), "kind": wc.kind, "bits": int(wc.bits),
-            "codebook_size": int(codebook.numel()), "nnz": int(positions.size),
+            "name": name, **where, "node": w.name, "shape": list(wc.codes.shape), "kind": wc.kind,
+            "bits": int(wc.bits), "codebook_size": int(codebook.numel()), "nnz": int(positions.size),
             "values": v_stream.meta(), "gaps": g_stream.meta(),
         })
         v_bits, g_bits = v_stream.nbits + v_stream.sync_bits, g_stream.nbits + g_stream.sync_bits
@@ -448,5 +440,5 @@ def file_header(data: bytes, name: str = "compressed file") -> dict:
 
 
 __all__ = [
-    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "state_signature", "file_header",
+    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "file_header",
 ]

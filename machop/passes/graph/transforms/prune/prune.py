@@ -61,6 +61,8 @@ from machop.nn import (
     get_mask,
     kind_of,
     lowest_k_mask,
+    module_paths,
+    most_specific,
     prune_count,
     quantizer_of,
 )
@@ -90,7 +92,7 @@ class Target:
 
 
 def weight_targets(graph: MaseGraph) -> list[Target]:
-    return [Target(w.name, set(w.ancestry()), w.kind, weight=w) for w in graph.weights()]
+    return [Target(w.name, w.ancestry(), w.kind, weight=w) for w in graph.weights()]
 
 
 def activation_targets(graph: MaseGraph) -> list[Target]:
@@ -101,16 +103,8 @@ def activation_targets(graph: MaseGraph) -> list[Target]:
         kind = kind_of(module) if module is not None else None
         if kind is None or kind.input_channel_dim is None:
             continue
-        parts = str(node.target).split(".")
-        names = {node.name, *(".".join(parts[:i]) for i in range(1, len(parts) + 1))}
-        out.append(Target(node.name, names, kind, node=node))
+        out.append(Target(node.name, {node.name, *module_paths(str(node.target))}, kind, node=node))
     return out
-
-
-def _best_key(target: Target, keys) -> str | None:
-    """The most specific of ``keys`` that selects ``target``: its own name first, then the longest."""
-    found = [k for k in keys if k in target.names]
-    return max(found, key=lambda k: (k == target.name, len(k))) if found else None
 
 
 def select(targets: list[Target], args: WeightPruneArgs, path: str) -> tuple[list[Target], list[dict]]:
@@ -138,11 +132,11 @@ def select(targets: list[Target], args: WeightPruneArgs, path: str) -> tuple[lis
         if kinds is not None and t.kind.name not in kinds:
             left.append({"name": t.name, "reason": f"type {t.kind.name} not in types"})
             continue
-        if _best_key(t, args.exclude) is not None:
+        if most_specific(args.exclude, t.names, t.name) is not None:
             left.append({"name": t.name, "reason": "excluded"})
             continue
         if isinstance(args.sparsity, dict):
-            key = _best_key(t, [k for k in args.sparsity if k != "default"])
+            key = most_specific([k for k in args.sparsity if k != "default"], t.names, t.name)
             t.sparsity = args.sparsity[key if key is not None else "default"]
         else:
             t.sparsity = args.sparsity

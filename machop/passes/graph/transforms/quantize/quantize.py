@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, join, pass_path
 from machop.ir import MaseGraph
-from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, index_dtype, quantizer_of, register
+from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, index_dtype, most_specific, quantizer_of, register
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 
 from .config import KIND_NAMES, IntegerConfig, KMeansConfig, LayerConfig, QuantizeArgs, parse_quantize_args
@@ -51,10 +51,9 @@ def select_weights(graph: MaseGraph, args: QuantizeArgs) -> list[tuple[Weight, L
         return patterns[key].fullmatch(w.name) is not None
 
     def key_of(w: Weight) -> str | None:
-        found = [k for k in args.rules if matches(k, w)]
-        if args.by == "name":  # the most specific: the weight's own name, then the longest module path
-            return max(found, key=lambda k: (k == w.name, len(k))) if found else None
-        return found[0] if found else None  # the first in file order
+        if args.by == "name":
+            return most_specific(args.rules, w.ancestry(), w.name)
+        return next((k for k in args.rules if matches(k, w)), None)  # the first in file order
 
     for key in args.rules:
         if not any(matches(key, w) for w in weights):
