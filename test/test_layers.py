@@ -24,21 +24,24 @@ def test_every_contract_is_kept():
     assert "4 kept, 0 broken" in result.stdout
 
 
-def test_a_pass_package_importing_another_breaks_the_contract(tmp_path):
+def broken_copy(tmp_path: Path, module: str, line: str) -> Path:
+    """A copy of machop (and its contracts) in ``tmp_path`` with ``line`` appended to ``module``."""
     shutil.copytree(ROOT / "machop", tmp_path / "machop", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    args = tmp_path / "machop/passes/graph/transforms/prune/args.py"
-    args.write_text(args.read_text() + "\nfrom machop.passes.graph.transforms.quantize import kmeans_1d  # noqa\n")
-    result = lint_imports(tmp_path)
+    path = tmp_path / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    return tmp_path
+
+
+def test_a_pass_package_importing_another_breaks_the_contract(tmp_path):
+    root = broken_copy(tmp_path, "machop/passes/graph/transforms/prune/args.py",
+                       "from machop.passes.graph.transforms.quantize import kmeans_1d")
+    result = lint_imports(root)
     assert result.returncode != 0
     assert "No pass package imports another BROKEN" in result.stdout
     assert "machop.passes.graph.transforms.prune.args -> \nmachop.passes.graph.transforms.quantize" in result.stdout
 
 
 def test_the_core_importing_the_ir_breaks_the_contract(tmp_path):
-    shutil.copytree(ROOT / "machop", tmp_path / "machop", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    masks = tmp_path / "machop/nn/masks.py"
-    masks.write_text(masks.read_text() + "\nfrom machop.ir import MaseGraph  # noqa\n")
-    result = lint_imports(tmp_path)
+    result = lint_imports(broken_copy(tmp_path, "machop/nn/masks.py", "from machop.ir import MaseGraph"))
     assert result.returncode != 0 and "Each floor imports only the floors below it BROKEN" in result.stdout

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from machop.config import TrainSettings
 from machop.datasets import get_dataset_info
@@ -36,6 +35,7 @@ from machop.ir import MaseGraph, PassContext, save_graph
 from machop.models import get_model
 from machop.nn import tied_tensors
 from machop.passes.graph import PASSES
+from machop.passes.graph.transforms.huffman import dense_copy
 from machop.training import DataLoaders
 
 from zoo.models import ZOO
@@ -108,29 +108,6 @@ def _input(model: str) -> torch.Tensor:
     return torch.randn(4, 1, 28, 28) if model == "lenet5" else ZOO[model].example(4)
 
 
-def _dense(graph: MaseGraph, model: str) -> nn.Module:
-    """A fresh ``model`` holding ``graph``'s weights without its masks, codebooks, quantizers and inserted modules.
-
-    Not `huffman.dense_copy`: it removes the parametrizations of a deepcopy, whose ``Parametrized*`` classes are
-    the original's, and so deletes the ``weight`` property of the original model too.
-    """
-    inserted = tuple(target + "." for target, _, _ in structure_of(graph.model)["inserted"])
-    state = {}
-    for key, value in graph.model.state_dict().items():
-        if inserted and key.startswith(inserted):
-            continue
-        if ".parametrizations." in f".{key}":
-            head, _, tail = f".{key}".partition(".parametrizations.")
-            tensor, _, rest = tail.partition(".")
-            if rest != "original":
-                continue
-            key = f"{head}.{tensor}".lstrip(".")
-        state[key] = value
-    dense = (_lenet5() if model == "lenet5" else _zoo(model)).model
-    dense.load_state_dict(state, strict=True)
-    return dense
-
-
 def _metadata(graph: MaseGraph) -> MaseGraph:
     graph, _ = PASSES["init_metadata"](graph, None)
     graph, _ = PASSES["add_common_metadata"](graph, None)
@@ -201,7 +178,7 @@ def _build(out: Path) -> tuple[dict, dict]:
         model_name, kind, *_ = CASES[case]
         x = _input(model_name)
         graph.model.eval()
-        dense = _dense(graph, model_name).eval()
+        dense = dense_copy(graph).model.eval()  # the same model with its masks, codebooks, quantizers taken away
         with torch.no_grad():
             expected, dense_out = graph.model(x), dense(x)
         io[case] = {"x": x, "expected": expected}

@@ -1,6 +1,7 @@
-"""Activation pruning: the `ActivationPrune` module and how each method scores a layer's input.
+"""Activation pruning: how each method scores a layer's input (the module itself is `machop.nn.ActivationPrune`).
 
-Activation pruning zeroes part of the *input* of a Conv2d/Linear layer. The
+Activation pruning zeroes part of the *input* of a layer (a convolution,
+Linear, attention or RNN node; see `machop.nn.KINDS`). The
 pass inserts one `ActivationPrune` module in front of each pruned layer
 (``graph.insert_before(layer_node, 0, ...)``), so it is visible in
 ``print(graph)``, saved with the graph and removable. A second prune pass on
@@ -9,7 +10,7 @@ the same layer adds to that module instead of inserting another one.
 The module applies, in order:
 
 1. a static **channel mask** (``channelwise`` methods, calibrated on data):
-   input channel ``c`` (dim 1 of a Conv2d input, the last dim of a Linear
+   input channel ``c`` (dim 1 of a convolution's input, the last dim of a Linear
    input) is zeroed for every sample;
 2. per-sample **elementwise stages** (``elementwise`` methods): for each
    sample, exactly ``round(sparsity * n)`` of its ``n`` input values are
@@ -47,7 +48,6 @@ from functools import partial
 from typing import Callable
 
 import torch
-from torch import nn
 
 from machop.nn import prune_count
 
