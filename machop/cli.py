@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return setup(dev=args.dev)
     overrides = overrides_from_args(args)
     try:
-        from machop.actions import run_action  # imports torch: not before `ch setup` has installed it
+        from machop.actions.run import run_action  # imports torch: not before `ch setup` has installed it
 
         return run_action(args.action, args.config, overrides, progress=not args.no_progress)
     except ConfigError as e:

@@ -119,3 +119,12 @@ def test_real_process_exit_code_and_help(tmp_path):
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "--model: unknown model 'nope'" in bad.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_setup_path_imports_no_third_party_package():
+    """`./ch setup` runs on a fresh machine before torch is installed: its imports are standard library only."""
+    code = ("import sys; import machop.cli, machop.actions.setup; "
+            "bad = [m for m in ('torch', 'numpy', 'pytorch_lightning', 'rich') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
