@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from machop.actions.transform import plan
+from machop.actions.transform import check_plan, plan
 from machop.config import load_config
 from machop.datasets import get_dataset_info
 from machop.ir import MaseGraph
@@ -29,17 +29,24 @@ def test_config_validates(path):
     steps = plan(config)  # every [passes.*] table through its pass's validator
     assert steps
     layers = {n.name for n in MaseGraph(get_model(config.model, get_dataset_info(config.dataset))).layer_nodes()}
-    for label, name, table in steps:
-        if name != "prune":
+    for step in steps:
+        if step.name != "prune":
             continue
         for kind in ("weight", "activation"):
-            sub = table.get(kind, {})
+            sub = step.table.get(kind, {})
             sparsity = sub.get("sparsity")
             named = set(sparsity) - {"default"} if isinstance(sparsity, dict) else set()
             named |= set(sub.get("exclude", []))
-            assert named <= layers, f"{path.name} [passes.{label}.{kind}] names {named - layers}"
+            assert named <= layers, f"{path.name} [{step.path}.{kind}] names {named - layers}"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_passes_the_checks_against_its_model(path):
+    """What `ch transform` checks before step 1 (names, types, granularities, pass order) holds for each shipped config."""
+    config = load_config(path)
+    check_plan(MaseGraph(get_model(config.model, get_dataset_info(config.dataset))), plan(config))
 
 
 def test_iterative_pruning_is_shown():
     config = load_config(next(p for p in CONFIGS if p.name == "lenet5_fashion_mnist_deep_compression.toml"))
-    assert [name for _, name, _ in plan(config)].count("prune") >= 2
+    assert [step.name for step in plan(config)].count("prune") >= 2

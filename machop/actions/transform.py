@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from machop.config import Config, ConfigError, to_toml
 from machop.files import atomic_write
@@ -26,31 +28,43 @@ from .train import KEYS
 logger = logging.getLogger(__name__)
 
 
-def plan(config: Config) -> list[tuple[str, str, dict]]:
-    """``(label, pass name, table)`` per step, each table validated; the ``pass`` key is taken out of the table."""
+@dataclass
+class Step:
+    """One ``[passes.LABEL]`` table: its pass, the table as the pass takes it, and its parsed arguments."""
+
+    label: str
+    name: str
+    table: dict
+    args: Any
+
+    @property
+    def path(self) -> str:
+        return f"passes.{self.label}"
+
+
+def plan(config: Config) -> list[Step]:
+    """The steps in file order, each table validated; the ``pass`` key is taken out of the table."""
     steps = []
     for label, table in config.passes.items():
         name = table.get("pass", label)
         if not isinstance(name, str) or name not in REGISTRY:
             key = f"passes.{label}.pass" if "pass" in table else f"passes.{label}"
             raise ConfigError(key, f"unknown pass {name!r}; choose from {', '.join(sorted(REGISTRY))}")
-        args = {k: v for k, v in table.items() if k != "pass"}
-        REGISTRY[name].parse(args, f"passes.{label}")
-        steps.append((label, name, args))
+        table = {k: v for k, v in table.items() if k != "pass"}
+        steps.append(Step(label, name, table, REGISTRY[name].parse(table, f"passes.{label}")))
     if not steps:
         raise ConfigError("passes", "no [passes.*] table: nothing to do")
     return steps
 
 
-def check_plan(graph, steps: list[tuple[str, str, dict]]) -> None:
+def check_plan(graph, steps: list[Step]) -> None:
     """Run every step's check against the graph as built, before step 1: a bad name fails in seconds."""
     earlier: list[str] = []
-    for label, name, table in steps:
-        entry = REGISTRY[name]
-        if entry.check is not None:
-            path = f"passes.{label}"
-            entry.check(graph, entry.parse(table, path), path, earlier)
-        earlier.append(name)
+    for step in steps:
+        check = REGISTRY[step.name].check
+        if check is not None:
+            check(graph, step.args, step.path, earlier)
+        earlier.append(step.name)
 
 
 def _largest_weight(graph) -> Weight:
@@ -80,7 +94,7 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
     report = {"config": config_path, "run_dir": str(out), "model": config.model, "dataset": config.dataset,
               "initial": weight_stats(graph), "steps": []}
     before_quantize = None  # the largest layer's weights before the first quantize step, for the histogram
-    for i, (label, name, args) in enumerate(steps, 1):
+    for i, (label, name, args) in enumerate(((s.label, s.name, s.table) for s in steps), 1):
         console.rule(f"[bold]step {i}/{len(steps)}: {label}[/bold] ({name})")
         graph.context.step = label
         if name == "quantize" and before_quantize is None and graph.weights():
