@@ -272,3 +272,91 @@ def test_activation_pruning_on_user_models_and_the_huffman_pass_verifies_them(na
     fresh, _ = PASSES["huffman_decode"](MaseGraph(ZOO[name](), dummy_input=x), {"path": str(tmp_path / "m.mchz")})
     with torch.no_grad():
         assert torch.equal(fresh.model.eval()(x), decoded(x))
+
+
+class _MoreKinds(nn.Module):
+    """The remaining kinds: a transformer decoder layer, EmbeddingBag, a plain RNN, 1-D and 3-D transposed convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(30, 8, mode="mean")
+        self.dec = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.rnn = nn.RNN(8, 8, batch_first=True)
+        self.up1 = nn.ConvTranspose1d(8, 4, 3, stride=2)
+        self.up3 = nn.ConvTranspose3d(1, 2, 2, stride=2)
+
+    def forward(self, tokens, seq, vol):
+        memory = self.bag(tokens).unsqueeze(1)
+        h, _ = self.rnn(self.dec(seq, memory))
+        return self.up1(h.transpose(1, 2)).mean() + self.up3(vol).mean()
+
+
+def test_the_remaining_kinds_round_trip(tmp_path):
+    torch.manual_seed(0)
+    x = (torch.randint(0, 30, (2, 4)), torch.randn(2, 5, 8), torch.randn(2, 1, 3, 3, 3))
+    graph = MaseGraph(_MoreKinds(), dummy_input=x)
+    assert [(w.name, w.kind.name) for w in graph.weights()] == [
+        ("bag", "embedding"), ("dec.self_attn.in_proj_weight", "mha"), ("dec.self_attn.out_proj", "mha"),
+        ("dec.multihead_attn.in_proj_weight", "mha"), ("dec.multihead_attn.out_proj", "mha"),
+        ("dec.linear1", "linear"), ("dec.linear2", "linear"), ("rnn.weight_ih_l0", "rnn"),
+        ("rnn.weight_hh_l0", "rnn"), ("up1", "convtranspose1d"), ("up3", "convtranspose3d"),
+    ]
+    graph, _ = PASSES["add_common_metadata"](graph, None)  # shapes from a tuple of inputs
+    assert graph.meta(next(n for n in graph.nodes if n.name == "up3"))["common"]["results"][0]["shape"] == [2, 2, 6, 6, 6]
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5, "granularity": "channelwise",
+                                                  "types": ["convtranspose1d", "convtranspose3d"]}})
+    mask = get_mask(graph.model.up1)
+    keep = mask.all(dim=2).all(dim=0)  # a transposed conv's output channels are its weight's dim 1
+    assert int(keep.sum()) == 2 and mask[:, keep].all() and not mask[:, ~keep].any()
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5, "types": ["embedding", "mha", "linear", "rnn"]}})
+    graph, _ = PASSES["quantize"](graph, KMEANS)
+    graph.model.eval()
+    with torch.no_grad():
+        expected = graph.model(*x)
+    graph, info = PASSES["huffman"](graph, {"path": str(tmp_path / "more.mchz")})
+    assert info["raw_layers"] == [] and len(info["layers"]) == 11 and info["verified"] is True
+    with torch.no_grad():
+        assert torch.equal(graph.model.eval()(*x), expected)
+
+
+class _TiedClassifier(nn.Module):
+    """A classifier whose second projection reuses the first one's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(12, 12), nn.Linear(12, 12)
+        self.dec.weight = self.enc.weight
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.dec(torch.relu(self.enc(x)))))
+
+
+def test_training_keeps_a_tie_its_mask_and_its_codebook():
+    """The train pass on your own DataLoaders: the tied weight stays one parameter, pruned entries stay 0,
+    and its one set of centroids is trained."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from machop.config import TrainSettings
+    from machop.training import DataLoaders
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 12)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    data = TensorDataset(x, y)
+    graph = MaseGraph(_TiedClassifier(), dummy_input=x[:2])
+    graph.context.data_module = DataLoaders(DataLoader(data, batch_size=32, shuffle=True), DataLoader(data, batch_size=64))
+    graph.context.training = TrainSettings(max_epochs=2, learning_rate=1e-2, accelerator="cpu")
+    graph.context.progress_bar = False
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5}})
+    graph, _ = PASSES["quantize"](graph, KMEANS)
+    model = graph.model
+    centroids = [p for p in chain(model.enc) if isinstance(p, KMeansWeight)][0].centroids.detach().clone()
+    pruned = ~get_mask(model.enc)
+    graph, info = PASSES["train"](graph, {})
+    assert info["epochs"] == 2 and "test_acc" in info
+    q = [p for p in chain(model.enc) if isinstance(p, KMeansWeight)][0]
+    assert q is [p for p in chain(model.dec) if isinstance(p, KMeansWeight)][0]
+    assert model.enc.parametrizations.weight.original is model.dec.parametrizations.weight.original
+    assert not torch.equal(q.centroids.detach(), centroids)  # trained
+    assert torch.equal(model.enc.weight, model.dec.weight) and not model.enc.weight[pruned].any()

@@ -91,7 +91,7 @@ def add_common_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tupl
     was_training = graph.model.training
     graph.model.eval()
     with torch.no_grad():
-        ShapeProp(graph.model).propagate(dummy)
+        ShapeProp(graph.model).propagate(*(dummy if isinstance(dummy, (tuple, list)) else (dummy,)))
     graph.model.train(was_training)
     total = 0
     for node in graph.nodes:

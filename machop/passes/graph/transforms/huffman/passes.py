@@ -135,8 +135,8 @@ def huffman_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseG
     info["verified"] = False
     if before is not None:
         after = _outputs(graph, batch)
-        if not torch.equal(before, after):
-            diff = (before.float() - after.float()).abs().max().item()
+        if len(before) != len(after) or not all(torch.equal(a, b) for a, b in zip(before, after)):
+            diff = max(((a.float() - b.float()).abs().max().item() for a, b in zip(before, after)), default=float("inf"))
             raise RuntimeError(f"huffman: the decoded model's outputs differ from the encoded model's (max |diff| {diff})")
         info["verified"] = True
     return graph, info
@@ -195,24 +195,39 @@ def dense_copy(graph: MaseGraph) -> MaseGraph:
     return copied
 
 
-def _check_batch(graph: MaseGraph) -> torch.Tensor | None:
-    if isinstance(graph.dummy_input, torch.Tensor):
-        return graph.dummy_input
+def _check_batch(graph: MaseGraph) -> tuple[torch.Tensor, ...] | None:
+    """The model's inputs for the check: ``graph.dummy_input`` (a tensor or a tuple of them), else a random batch."""
+    x = graph.dummy_input
+    if isinstance(x, torch.Tensor):
+        return (x,)
+    if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+        return tuple(x)
     info = graph.context.dataset_info
     if info is None:
         logger.warning("huffman: no dummy_input and no dataset_info; outputs not compared")
         return None
     g = torch.Generator().manual_seed(0)
-    return torch.randn(4, info.in_channels, *info.image_size, generator=g)
+    return (torch.randn(4, info.in_channels, *info.image_size, generator=g),)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tuples, lists and dicts of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out.detach().cpu()]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    return []
 
 
 @torch.no_grad()
-def _outputs(graph: MaseGraph, batch: torch.Tensor) -> torch.Tensor:
+def _outputs(graph: MaseGraph, batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     model = graph.model
     training = model.training
     model.eval()
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return model(batch.to(device)).detach().cpu()
+        return _tensors(model(*(t.to(device) for t in batch)))
     finally:
         model.train(training)
