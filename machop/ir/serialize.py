@@ -37,7 +37,6 @@ from machop.datasets import DatasetInfo
 from machop.files import atomic_write
 from machop.models import MODELS, get_model
 from machop.nn import is_rebuildable, rebuild, spec_of, stored, tied_tensors
-from machop.training.module import strip_prefix
 
 from .graph import MaseGraph, PassContext
 
@@ -179,6 +178,11 @@ def load_payload(path: str | os.PathLike) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         raise ValueError(f"{path} is not a readable PyTorch weights file ({type(e).__name__})") from None
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """A Lightning checkpoint's state dict with the LightningModule's ``model.`` prefix removed."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def read_checkpoint(path: str | os.PathLike, load_type: str) -> tuple[dict[str, torch.Tensor], dict | None, dict | None]:

@@ -79,8 +79,3 @@ class MaseLightningModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.structure is not None:
             checkpoint["machop_structure"] = self.structure
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """A Lightning checkpoint's state dict with the module's ``model.`` prefix removed."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
