@@ -261,6 +261,8 @@ class Config(TrainSettings):
 
     def validate(self, path: str) -> None:
         super().validate(path)
+        if self.load_name in ("None", "none"):  # the seed's spellings of no checkpoint
+            self.load_name = None
         check_range(self.num_workers, join(path, "num_workers"), 0, 256)
         check_range(self.val_fraction, join(path, "val_fraction"), 0.0, 1.0, hi_open=True)
         if self.load_name is not None and self.load_type is None:

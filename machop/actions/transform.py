@@ -7,10 +7,12 @@ gets the effective config, a checkpoint after each step, and ``report.json``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from machop.config import Config, ConfigError, to_toml
@@ -57,6 +59,46 @@ def plan(config: Config) -> list[Step]:
     return steps
 
 
+TRAIN_PASSES = ("train", "retrain")
+
+
+def starting_point(config: Config, steps: list[Step], config_path: str | None) -> Config:
+    """The seed's ``[passes.retrain] load_name``: the model the run starts from, loaded before step 1.
+
+    Returns ``config`` with that checkpoint as its ``load_name`` (and the
+    train table without it). A relative path is looked up in the working
+    directory, then beside the config file. Two starting points (the top
+    level and a table, or two tables) are a config error.
+    """
+    named = [s for s in steps if s.name in TRAIN_PASSES and s.args.load_name is not None]
+    if not named:
+        return config
+    step = named[0]
+    key = f"{step.path}.load_name"
+    if len(named) > 1:
+        raise ConfigError(f"{named[1].path}.load_name", f"a second starting model ({step.path}.load_name names the "
+                                                        "first): a run starts from one model")
+    if config.load_name is not None:
+        raise ConfigError(key, f"the run already starts from the top-level load_name {config.load_name!r}: "
+                               "two starting points; keep one")
+    name = Path(step.args.load_name)
+    places = [name] if name.is_absolute() else [Path.cwd() / name] + (
+        [Path(config_path).resolve().parent / name] if config_path is not None else [])
+    places = list(dict.fromkeys(places))  # the config may sit in the working directory
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        raise ConfigError(key, f"no such file: {' nor '.join(str(p) for p in places)}")
+    load_type = step.args.load_type
+
+    def without_load(table: dict) -> dict:
+        return {k: v for k, v in table.items() if k not in ("load_name", "load_type")}
+
+    step.table = without_load(step.table)
+    step.args = REGISTRY[step.name].parse(step.table, step.path)
+    passes = {label: without_load(t) if label == step.label else t for label, t in config.passes.items()}
+    return dataclasses.replace(config, load_name=str(found), load_type=load_type, passes=passes)
+
+
 def check_plan(graph, steps: list[Step]) -> None:
     """Run every step's check against the graph as built, before step 1: a bad name fails in seconds."""
     earlier: list[str] = []
@@ -80,6 +122,7 @@ def _histogram(graph, name: str, before) -> dict:
 
 def transform(config: Config, config_path: str | None, progress: bool = True) -> int:
     steps = plan(config)
+    config = starting_point(config, steps, config_path)
     graph = build_graph(config, progress)
     check_plan(graph, steps)
     graph.context.data_module = data_module(config)

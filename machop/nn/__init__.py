@@ -17,7 +17,7 @@ from .codes import WeightCodes, fixed_point_grid, load_weight_codes, quantizer_o
 from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH, FixedPoint, fixed_point_codes, fixed_point_range, quantize_fixed_point
 from .masks import WeightMask, apply_mask, get_mask
 from .ranking import group_scores, lowest_k_mask, prune_count
-from .rebuild import REBUILDABLE, is_rebuildable, rebuild, rebuildable, spec_of
+from .rebuild import REBUILDABLE, has_compression, is_rebuildable, rebuild, rebuildable, spec_of
 from .shared_weight import KMeansWeight, index_dtype
 from .weights import (
     KIND_NAMES,
@@ -43,7 +43,7 @@ __all__ = [
     "ActivationPrune", "FixedPoint", "KIND_NAMES", "KINDS", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
     "MAX_WIDTH", "REBUILDABLE", "Weight", "WeightCodes", "WeightMask", "apply_mask", "bake", "chain",
     "compressible_weights", "dense_parameter_count", "fixed_point_codes", "fixed_point_grid", "fixed_point_range",
-    "get_mask", "group_scores", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "load_weight_codes", "nonzero_parameter_count",
+    "get_mask", "group_scores", "has_compression", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "load_weight_codes", "nonzero_parameter_count",
     "lowest_k_mask", "module_paths", "most_specific", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register",
     "spec_of", "stored", "tensor_sites", "tied_tensors", "weight_codes",
 ]

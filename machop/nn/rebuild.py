@@ -26,6 +26,11 @@ def is_rebuildable(module: nn.Module) -> bool:
     return REBUILDABLE.get(type(module).__name__) is type(module)
 
 
+def has_compression(model: nn.Module) -> bool:
+    """True once a pass has added anything to ``model`` (a parametrization or an inserted module)."""
+    return any(is_rebuildable(m) for m in model.modules())
+
+
 def spec_of(module: nn.Module) -> dict:
     """The JSON part of a rebuildable module (``{}`` if it has none)."""
     return module.spec() if hasattr(module, "spec") else {}

@@ -48,7 +48,7 @@ from machop.ir.serialize import (
     same_signature,
     state_signature,
 )
-from machop.nn import WeightCodes, dense_parameter_count, is_rebuildable, load_weight_codes, weight_codes
+from machop.nn import WeightCodes, dense_parameter_count, has_compression, load_weight_codes, weight_codes
 
 from . import codec
 from .format import CompressedFileError, pack_container, unpack_container
@@ -408,7 +408,7 @@ def decode_model(
         if ctx_name is not None and ctx_name != decoded.model_name:
             raise decoded.fail(f"file holds a {decoded.model_name or decoded.structure.get('class')}, "
                                f"the graph is a {ctx_name}")
-        if not _plain(graph):
+        if has_compression(graph.model):
             if ctx_name is None:
                 raise decoded.fail("the graph already holds masks or codebooks that differ from the file's; "
                                    "decode into a fresh model")
@@ -419,11 +419,6 @@ def decode_model(
         graph = decoded.structured_graph(graph, state)
     decoded.load_into(graph, state, codes)
     return graph
-
-
-def _plain(graph: MaseGraph) -> bool:
-    """True if no pass has added anything to ``graph`` (no parametrization, no inserted module)."""
-    return not any(is_rebuildable(m) for m in graph.model.modules())
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -8,8 +8,9 @@ summed per centroid; index and mask are buffers).
 Seed-compatible config::
 
     [passes.retrain]            # or [passes.train]; any label with pass = "train"
-    load_name = "NA"            # optional checkpoint whose weights are loaded first
+    load_name = "NA"            # the model the run starts from, as in the seed (see below); "NA"/"None": none
     load_type = "pl"
+    project = "NA"              # names this step's checkpoint folder: <run>/checkpoints/<project> (default: the label)
     baseline = false            # true: skip training (just evaluate) when the run loaded its model (load_name)
     test = true                 # evaluate on the test split afterwards (test_acc, test_loss in info)
     [passes.retrain.training]
@@ -25,6 +26,13 @@ Seed-compatible config::
     num_nodes = 1
 
 Unset values fall back to the run's settings (``graph.context.training``, from the top-level keys).
+
+``load_name`` in a train table means what it meant in the seed: the
+(pretrained) model the whole run starts from. `ch transform` loads it before
+step 1, whichever step names it; a relative path is looked up in the working
+directory, then beside the config file. Called on its own (a notebook), the
+pass loads it into a model that no pass has changed yet, and refuses a model
+that already has masks or codebooks (they would be computed on other weights).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from typing import Any, Literal
 from machop.config import ConfigError, TrainSettings, from_dict, join, pass_path
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
+from machop.nn import has_compression
 from machop.training import evaluate, fit
 
 logger = logging.getLogger(__name__)
@@ -52,10 +61,13 @@ class TrainArgs:
     trainer: dict[str, Any] | None = None
     load_name: str | None = None
     load_type: Literal["pl", "pt", "mz"] | None = None
+    project: str | None = None
     test: bool = True  # evaluate on the test split after training
     baseline: bool = False  # this step trains the dense baseline: skipped (only evaluated) when the run loaded one
 
     def validate(self, path: str) -> None:
+        if self.load_name in ("None", "none"):  # the seed's spellings of no checkpoint
+            self.load_name = None
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz")
         self.settings(TrainSettings(), path)  # check both tables now
@@ -105,8 +117,12 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
         logger.info("baseline loaded from %s: not training it again", ctx.loaded_from)
         return graph, {"skipped": True, **evaluate(graph.model, data, s, progress=ctx.progress_bar)}
     if args.load_name is not None:
+        if has_compression(graph.model):
+            raise ConfigError(join(path, "load_name"), "is the model a run starts from, but this model already has "
+                                                       "masks or codebooks: load it before pruning or quantizing")
         load_weights(graph, args.load_name, args.load_type)
-    checkpoint_dir = ctx.output_dir / "checkpoints" / (ctx.step or "train") if ctx.output_dir is not None else None
+    folder = args.project or ctx.step or "train"
+    checkpoint_dir = ctx.output_dir / "checkpoints" / folder if ctx.output_dir is not None else None
     batch_size = getattr(data, "batch_size", None)
     if s.batch_size != batch_size and args.training and "batch_size" in args.training:
         if batch_size is None:
