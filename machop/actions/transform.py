@@ -7,11 +7,10 @@ gets the effective config, a checkpoint after each step, and ``report.json``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,7 @@ def starting_point(config: Config, steps: list[Step], config_path: str | None) -
     step.table = without_load(step.table)
     step.args = REGISTRY[step.name].parse(step.table, step.path)
     passes = {label: without_load(t) if label == step.label else t for label, t in config.passes.items()}
-    return dataclasses.replace(config, load_name=str(found), load_type=load_type, passes=passes)
+    return replace(config, load_name=str(found), load_type=load_type, passes=passes)
 
 
 def check_plan(graph, steps: list[Step]) -> None:

@@ -124,6 +124,23 @@ class MaseGraph:
         """``call_module`` nodes whose module is one of ``types``, in graph order."""
         return [n for n in self.nodes if n.op == "call_module" and isinstance(self.module_of(n), types)]
 
+    @property
+    def dummy_inputs(self) -> tuple[torch.Tensor, ...] | None:
+        """``dummy_input`` as the tuple of the model's positional inputs (a tensor, or several); None if unset."""
+        x = self.dummy_input
+        if isinstance(x, torch.Tensor):
+            return (x,)
+        if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+            return tuple(x)
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives: the device of its first parameter or buffer (CPU for a model with neither)."""
+        for t in (*self.model.parameters(), *self.model.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     def node_names(self) -> dict[str, str]:
         """Module qualname → the name of the first ``call_module`` node that calls it."""
         names: dict[str, str] = {}

@@ -278,17 +278,17 @@ def register(weight: Weight, parametrization: nn.Module) -> None:
 
 
 def bake(weight: Weight) -> None:
-    """Replace the weight's parametrizations by their current value, at every site, keeping one parameter."""
+    """Replace the weight's parametrizations by their current value, at every site, keeping one parameter.
+
+    Removing a parametrization puts its ``original`` back at the site; the
+    sites of a tied weight share that one parameter, which then takes the value.
+    """
     value = weight.value()
-    original = weight.stored()
     for _, module, name in weight.sites:
         if parametrize.is_parametrized(module, name):
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
     with torch.no_grad():
-        original.copy_(value)
-    for _, module, name in weight.sites:
-        if module._parameters.get(name) is not original:
-            setattr(module, name, original)
+        weight.stored().copy_(value)
 
 
 def chain(module: nn.Module, name: str = "weight") -> list[nn.Module]:

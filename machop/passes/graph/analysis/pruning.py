@@ -54,15 +54,13 @@ from machop.nn import (
 logger = logging.getLogger(__name__)
 
 
-def _sample_input(graph: MaseGraph) -> torch.Tensor | None:
-    x = graph.dummy_input
-    if isinstance(x, torch.Tensor):
-        return x[:1]
-    if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
-        return tuple(t[:1] for t in x)
+def _sample_input(graph: MaseGraph) -> tuple[torch.Tensor, ...] | None:
+    """One sample of each of the model's inputs."""
+    if graph.dummy_inputs is not None:
+        return tuple(t[:1] for t in graph.dummy_inputs)
     info = graph.context.dataset_info
     if info is not None:
-        return torch.zeros(1, info.in_channels, *info.image_size)
+        return (torch.zeros(1, info.in_channels, *info.image_size),)
     return None
 
 
@@ -87,13 +85,13 @@ def layer_shapes(graph: MaseGraph, nodes: list[fx.Node]) -> dict[str, tuple[tupl
     if x is None:
         logger.info("no dummy_input or dataset_info: MACs are not reported")
         return {}
-    device = next(iter(graph.model.parameters()), torch.empty(0)).device
+    device = graph.device
     recorder = _ShapeRecorder(graph.model, {n.name for n in nodes})
     was_training = graph.model.training
     graph.model.eval()
     try:
         with torch.no_grad():
-            recorder.run(*(t.to(device) for t in (x if isinstance(x, tuple) else (x,))))
+            recorder.run(*(t.to(device) for t in x))
     except Exception as e:  # a report must not break a pipeline; say why the MACs are missing
         logger.warning("shape inference for MACs failed (%s: %s); MACs are not reported", type(e).__name__, e)
         return {}

@@ -414,19 +414,11 @@ def decode_model(
                                    "decode into a fresh model")
             fresh = base_graph(decoded.structure, None, name, graph.context)
             fresh.dummy_input = graph.dummy_input
-            fresh.model.to(_device_of(graph.model))
+            fresh.model.to(graph.device)
             graph = fresh
         graph = decoded.structured_graph(graph, state)
     decoded.load_into(graph, state, codes)
     return graph
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def file_header(data: bytes, name: str = "compressed file") -> dict:

@@ -196,12 +196,9 @@ def dense_copy(graph: MaseGraph) -> MaseGraph:
 
 
 def _check_batch(graph: MaseGraph) -> tuple[torch.Tensor, ...] | None:
-    """The model's inputs for the check: ``graph.dummy_input`` (a tensor or a tuple of them), else a random batch."""
-    x = graph.dummy_input
-    if isinstance(x, torch.Tensor):
-        return (x,)
-    if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
-        return tuple(x)
+    """The model's inputs for the check: ``graph.dummy_inputs``, else a random batch shaped by the data set."""
+    if graph.dummy_inputs is not None:
+        return graph.dummy_inputs
     info = graph.context.dataset_info
     if info is None:
         logger.warning("huffman: no dummy_input and no dataset_info; outputs not compared")
@@ -227,7 +224,6 @@ def _outputs(graph: MaseGraph, batch: tuple[torch.Tensor, ...]) -> list[torch.Te
     training = model.training
     model.eval()
     try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return _tensors(model(*(t.to(device) for t in batch)))
+        return _tensors(model(*(t.to(graph.device) for t in batch)))
     finally:
         model.train(training)

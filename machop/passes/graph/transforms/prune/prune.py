@@ -247,14 +247,10 @@ class _Watcher(fx.Interpreter):
         return super().run_node(n)
 
 
-def _device(graph: MaseGraph) -> torch.device:
-    return next(iter(graph.model.parameters()), torch.empty(0)).device
-
-
 def _calibrate(graph: MaseGraph, targets: list[Target], calibrators: dict[str, object], samples: int) -> None:
     x = calibration_batch(graph.context.require_data("prune"), samples)
     watch = {t.name: (calibrators[t.name], t.kind.input_channel_dim) for t in targets}
-    device = _device(graph)
+    device = graph.device
     was_training = graph.model.training
     graph.model.eval()
     try:
@@ -277,7 +273,7 @@ def _activation_module(graph: MaseGraph, t: Target) -> ActivationPrune | None:
     existing = graph.modules()
     while name in existing:
         name, i = f"{t.name}_act_prune_{i}", i + 1
-    module = ActivationPrune(channel_dim=t.kind.input_channel_dim).to(_device(graph))
+    module = ActivationPrune(channel_dim=t.kind.input_channel_dim).to(graph.device)
     graph.insert_before(t.node, 0, name, module)
     return module
 
@@ -328,7 +324,7 @@ def _prune_activations(graph: MaseGraph, args: ActivationPruneArgs, targets: lis
         k = prune_count(t.sparsity, channels)
         scores = calibrator.scores(pruned, k).masked_fill(pruned, float("-inf"))
         keep = lowest_k_mask(scores, k)
-        module.add_channel_mask(keep.to(_device(graph)), {**how, "target": t.sparsity})
+        module.add_channel_mask(keep.to(graph.device), {**how, "target": t.sparsity})
     return summary
 
 
