@@ -54,6 +54,8 @@ def _cases() -> list[tuple[str, str, dict, dict]]:
                 if not types:
                     continue
                 table["types"] = types
+            if granularity == "channelwise":  # the output layers too: named, so that every weight is pruned
+                table["sparsity"] = {"default": 0.5} | {layer: 0.5 for layer in graph.output_layers()}
             for method in methods:
                 cases.append((name, f"{scope}-{granularity}-{method}", {"weight": {**table, "method": method}}, KMEANS))
         cases.append((name, "integer", {"weight": {"sparsity": 0.5}}, INTEGER))
@@ -303,7 +305,9 @@ def test_the_remaining_kinds_round_trip(tmp_path):
     ]
     graph, _ = PASSES["add_common_metadata"](graph, None)  # shapes from a tuple of inputs
     assert graph.meta(next(n for n in graph.nodes if n.name == "up3"))["common"]["results"][0]["shape"] == [2, 2, 6, 6, 6]
-    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5, "granularity": "channelwise",
+    assert graph.output_layers() == {"up1", "up3"}  # named: their channels are the outputs
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": {"default": 0.5, "up1": 0.5, "up3": 0.5},
+                                                  "granularity": "channelwise",
                                                   "types": ["convtranspose1d", "convtranspose3d"]}})
     mask = get_mask(graph.model.up1)
     keep = mask.all(dim=2).all(dim=0)  # a transposed conv's output channels are its weight's dim 1

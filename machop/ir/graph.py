@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 
 from machop.config import TrainSettings
-from machop.nn import Weight, compressible_weights
+from machop.nn import Weight, compressible_weights, kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,30 @@ class MaseGraph:
     def weights(self) -> list[Weight]:
         """Every compressible weight of the model, once each (see `machop.nn.compressible_weights`)."""
         return compressible_weights(self.model, self.node_names())
+
+    def output_layers(self) -> set[str]:
+        """Names of the layer nodes that produce the model's output.
+
+        Walks back from the graph output through every node that is not a
+        layer machop compresses (activations, pooling, reshapes, additions,
+        getitem) and stops at the first layer on each path. The output
+        channels of these layers are the model's outputs (a classifier's
+        classes): channelwise pruning must not remove them by default.
+        """
+        found: set[str] = set()
+        seen: set[fx.Node] = set()
+        stack = [n for n in self.nodes if n.op == "output"]
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            module = self.module_of(node)
+            if module is not None and kind_of(module) is not None:
+                found.add(node.name)
+                continue
+            stack.extend(node.all_input_nodes)
+        return found
 
     def meta(self, node: fx.Node) -> dict:
         """The node's ``mase`` metadata dict (``common``, ``software`` sub-dicts)."""

@@ -89,10 +89,19 @@ class Target:
     weight: Weight | None = None
     node: fx.Node | None = None
     sparsity: float = 0.0
+    output: bool = False  # a layer producing the model's output: its channels are the outputs
+    own: frozenset[str] = frozenset()  # the names that select it alone (not its parents')
 
 
 def weight_targets(graph: MaseGraph) -> list[Target]:
-    return [Target(w.name, w.ancestry(), w.kind, weight=w) for w in graph.weights()]
+    nodes = {n.name: n for n in graph.nodes}
+    output = {str(nodes[name].target) for name in graph.output_layers()}
+    targets = []
+    for w in graph.weights():
+        sites = {qualname for qualname, _, _ in w.sites}
+        own = frozenset({w.name, f"{w.qualname}.{w.tensor_name}", *sites} | ({w.node} if w.node else set()))
+        targets.append(Target(w.name, w.ancestry(), w.kind, weight=w, output=bool(sites & output), own=own))
+    return targets
 
 
 def activation_targets(graph: MaseGraph) -> list[Target]:
@@ -135,18 +144,38 @@ def select(targets: list[Target], args: WeightPruneArgs, path: str) -> tuple[lis
         if most_specific(args.exclude, t.names, t.name) is not None:
             left.append({"name": t.name, "reason": "excluded"})
             continue
+        key = None
         if isinstance(args.sparsity, dict):
             key = most_specific([k for k in args.sparsity if k != "default"], t.names, t.name)
             t.sparsity = args.sparsity[key if key is not None else "default"]
         else:
             t.sparsity = args.sparsity
+        if args.granularity == "channelwise" and t.output and key not in t.own:
+            left.append({"name": t.name, "reason": "output layer: its channels are the model's outputs (name it in "
+                                                   "the sparsity table to prune them)"})
+            continue
         chosen.append(t)
     if args.granularity == "kernelwise":
         _require(chosen, lambda k: k.kernels, "kernelwise pruning prunes the kernels of convolutions", path)
     if args.granularity == "channelwise":
         _require(chosen, lambda k: k.channel_dim is not None,
                  "channelwise pruning prunes the output channels of convolution and Linear layers", path)
+        for t in chosen:  # local only; an earlier mask never pruned all, so the count decides
+            if t.weight is not None:
+                n = t.weight.stored().shape[t.kind.channel_dim]
+                _refuse_all(t.name, prune_count(t.sparsity, n), n, join(path, "sparsity"))
     return chosen, left
+
+
+def _refuse_all(name: str, pruned: int, n: int, path: str) -> None:
+    """ConfigError if ``pruned`` is all ``n`` channels of a layer: nothing would flow through it.
+
+    Elementwise and kernelwise pruning may empty a layer, as
+    ``torch.nn.utils.prune`` may.
+    """
+    if n > 0 and pruned >= n:
+        raise ConfigError(path, f"would prune all {n} channels of {name}, which then passes nothing on; "
+                                "lower its sparsity or exclude it")
 
 
 def _require(chosen: list[Target], has, what: str, path: str) -> None:
@@ -307,6 +336,11 @@ def _prune_activations(graph: MaseGraph, args: ActivationPruneArgs, targets: lis
                 module.stages.append({**how, "target": args.sparsity, "rank": method.rank, "sparsity": k / n})
         return summary
 
+    if method.rank is None:  # channel masks: an earlier mask never pruned all, so k decides
+        path = pass_path(graph.context.step, "passes.prune") + ".activation.sparsity"
+        for t in targets:
+            channels = calibrators[t.name].channels
+            _refuse_all(f"the input of {t.name}", prune_count(t.sparsity, channels), channels, path)
     for index, t in enumerate(targets):
         module = _activation_module(graph, t)
         if module is None:

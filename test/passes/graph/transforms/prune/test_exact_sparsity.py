@@ -35,11 +35,15 @@ def test_weight_sparsity_exact(make_graph, model, scope, granularity, method):
     cfg = {"sparsity": SPARSITY, "scope": scope, "granularity": granularity, "method": method, "exclude": exclude}
     graph, info = prune_transform_pass(graph, {"weight": cfg})
     json.dumps(info)
+    dense = {d["name"]: d["reason"] for d in info["weight"]["dense"]}
+    if granularity == "channelwise":  # the classifier's rows are the classes: left alone unless named
+        assert set(dense) == graph.output_layers() and len(dense) == 1
+        assert all(r.startswith("output layer") for r in dense.values())
     pruned_total = elems_total = 0
     for node in graph.layer_nodes():
         module = graph.module_of(node)
         mask = get_mask(module)
-        if node.name in exclude:
+        if node.name in exclude or node.name in dense:
             assert mask is None
             continue
         w = module.weight

@@ -107,9 +107,10 @@ def test_multi_falls_back_to_single_at_the_model_output():
     for method in ("l2-norm-single", "l2-norm-multi"):
         graph = MaseGraph(TwoConv())
         graph.model.load_state_dict(net.state_dict())
-        prune_transform_pass(graph, {"weight": {"sparsity": 0.4, "granularity": "channelwise", "method": method,
-                                                "exclude": ["conv1", "conv2"]}})
+        prune_transform_pass(graph, {"weight": {"sparsity": {"default": 0.4, "fc": 0.4}, "granularity": "channelwise",
+                                                "method": method, "exclude": ["conv1", "conv2"]}})
         masks[method] = get_mask(graph.model.fc)
+    assert masks["l2-norm-single"] is not None
     assert torch.equal(masks["l2-norm-single"], masks["l2-norm-multi"])
 
 

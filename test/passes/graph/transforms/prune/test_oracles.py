@@ -77,14 +77,19 @@ def test_global_l1_equals_global_unstructured(shape_index, sparsity):
         assert torch.equal(get_mask(ours), ref.weight_mask.bool())
 
 
+def _output_layer(shape_index: int) -> str:
+    return f"fcs_{len(SHAPES[shape_index]['fc']) - 1}"
+
+
 @pytest.mark.parametrize("shape_index", [0, 1])
-@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("sparsity", SPARSITIES[:-1])  # 0.999 would prune every channel: refused below
 def test_l2_norm_single_equals_ln_structured(shape_index, sparsity):
     net = _random_net(shape_index, seed=20 + shape_index)
     oracle = _random_net(shape_index, seed=20 + shape_index)
     graph = MaseGraph(net)
+    per_layer = {"default": sparsity, _output_layer(shape_index): sparsity}  # named: its channels are pruned too
     prune_transform_pass(
-        graph, {"weight": {"sparsity": sparsity, "granularity": "channelwise", "method": "l2-norm-single"}}
+        graph, {"weight": {"sparsity": per_layer, "granularity": "channelwise", "method": "l2-norm-single"}}
     )
     for ours, ref in zip(_layers(graph.model), _layers(oracle)):
         tprune.ln_structured(ref, "weight", amount=sparsity, n=2, dim=0)
