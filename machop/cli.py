@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from machop.config import ConfigError, choices
 
@@ -18,28 +20,39 @@ ACTIONS = {
     "transform": "run the [passes.*] tables of a TOML config in order and write a report",
 }
 
-# option → (type, help); the dest is the Config key
-RUN_OPTIONS: dict[str, tuple[type | None, str]] = {
-    "--model": (str, "model name (lenet300, lenet5, vgg7, resnet18)"),
-    "--dataset": (str, "dataset name (fashion_mnist, mnist, colored_mnist, colored_fashion_mnist, cifar10)"),
-    "--load": (str, "checkpoint to load (Config key load_name)"),
-    "--load-type": (str, " | ".join(choices("load_type"))),
-    "--batch-size": (int, "batch size"),
-    "--max-epochs": (int, "training epochs"),
-    "--learning-rate": (float, "learning rate"),
-    "--optimizer": (str, " | ".join(choices("optimizer"))),
-    "--weight-decay": (float, "weight decay"),
-    "--accelerator": (str, " | ".join(choices("accelerator"))),
-    "--devices": (None, "number of devices, or auto"),
-    "--strategy": (str, " | ".join(choices("strategy"))),
-    "--num-nodes": (int, "number of nodes"),
-    "--num-workers": (int, "data loader workers"),
-    "--seed": (int, "random seed"),
-    "--project": (str, "project name: outputs go to PROJECT_DIR/PROJECT/<run>"),
-    "--project-dir": (str, "output root (default mase_output)"),
-    "--data-dir": (str, "data directory (else MACHOP_DATA_DIR, else the Debian package path)"),
-    "--limit-train-batches": (None, "fraction (float) or number (int) of training batches per epoch"),
+# Config key → (option strings, type, help): the first string is the option's name in errors and help;
+# the others are MASE's spellings of the same option
+RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any] | None, str]] = {
+    "model": (("--model",), str, "model name (lenet300, lenet5, vgg7, resnet18); or the MODEL positional"),
+    "dataset": (("--dataset",), str, "dataset name (fashion_mnist, mnist, colored_mnist, colored_fashion_mnist, "
+                                     "cifar10); or the DATASET positional"),
+    "load_name": (("--load",), str, "checkpoint to load (Config key load_name)"),
+    "load_type": (("--load-type",), str, " | ".join(choices("load_type"))),
+    "batch_size": (("--batch-size",), int, "batch size"),
+    "max_epochs": (("--max-epochs",), int, "training epochs"),
+    "max_steps": (("--max-steps",), int, "stop after this many optimizer steps (-1: no limit)"),
+    "learning_rate": (("--learning-rate",), float, "learning rate"),
+    "optimizer": (("--optimizer", "--training-optimizer"), str, " | ".join(choices("optimizer"))),
+    "weight_decay": (("--weight-decay",), float, "weight decay"),
+    "accumulate_grad_batches": (("--accumulate-grad-batches",), int, "batches per optimizer step"),
+    "precision": (("--precision", "--trainer-precision"), str,
+                  "Lightning precision: " + " | ".join(c for c in choices("precision") if isinstance(c, str))),
+    "accelerator": (("--accelerator",), str, " | ".join(choices("accelerator"))),
+    "devices": (("--devices", "--num-devices", "--gpu"), None, "number of devices, or auto"),
+    "strategy": (("--strategy",), str, " | ".join(choices("strategy"))),
+    "num_nodes": (("--num-nodes", "--nodes"), int, "number of nodes"),
+    "num_workers": (("--num-workers", "--cpu"), int, "data loader workers"),
+    "seed": (("--seed",), int, "random seed"),
+    "project": (("--project",), str, "project name: outputs go to PROJECT_DIR/PROJECT/<run>"),
+    "project_dir": (("--project-dir",), str, "output root (default mase_output)"),
+    "data_dir": (("--data-dir",), str, "data directory (else MACHOP_DATA_DIR, else the Debian package path)"),
+    "limit_train_batches": (("--limit-train-batches",), None, "fraction (float) or number (int) of training batches "
+                                                              "per epoch"),
+    "limit_val_batches": (("--limit-val-batches",), None, "fraction (float) or number (int) of validation batches"),
+    "limit_test_batches": (("--limit-test-batches",), None, "fraction (float) or number (int) of test batches"),
 }
+POSITIONALS = {"model": "MODEL", "dataset": "DATASET"}  # MASE's `ch ACTION MODEL DATASET`
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _number_or_auto(text: str) -> int | float | str:
@@ -51,6 +64,21 @@ def _number_or_auto(text: str) -> int | float | str:
     return text
 
 
+def option_names(args: argparse.Namespace) -> dict[str, str]:
+    """Config key → the option string (or positional) the user typed for it."""
+    if not hasattr(args, "option_names"):
+        args.option_names = {}
+    return args.option_names
+
+
+class _Store(argparse.Action):
+    """Store the value and remember which spelling was typed, so that errors name that one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        option_names(namespace)[self.dest] = option_string
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``ch train: error: ...`` and exit code 2."""
 
@@ -58,27 +86,62 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _ActionParser(_Parser):
+    """The parser of one action: MODEL and DATASET positionals are merged into ``model`` and ``dataset``."""
+
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        for key, metavar in POSITIONALS.items():
+            value = vars(namespace).pop(f"positional_{key}", None)
+            if value is None:
+                continue
+            given = getattr(namespace, key, None)
+            if given is not None and given != value:
+                option = option_names(namespace).get(key, RUN_OPTIONS[key][0][0])
+                self.error(f"{metavar} {value!r} conflicts with {option} {given!r}")
+            if given is None:
+                setattr(namespace, key, value)
+                option_names(namespace)[key] = metavar
+        return namespace, extras
+
+
+def _add_logging(p: argparse.ArgumentParser, default: str) -> None:
+    """-v/--verbose/--debug and --log-level, accepted before and after the action.
+
+    ``default`` is "info" on the main parser and SUPPRESS on an action's, so
+    that an action's parser does not overwrite a level typed before the action.
+    """
+    p.add_argument("-v", "--verbose", "--debug", dest="log_level", action="store_const", const="debug",
+                   default=default, help="debug logging (= --log-level debug)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=default, help="machop's log level (default info)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ch", description="machop: Deep Compression as torch.fx graph passes")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    _add_logging(parser, "info")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_ActionParser)
     for action, help_text in ACTIONS.items():
         p = sub.add_parser(action, help=help_text, description=help_text)
+        _add_logging(p, argparse.SUPPRESS)
         if action == "setup":
             p.add_argument("--dev", action="store_true", help="also install the test dependencies")
             continue
+        for key, metavar in POSITIONALS.items():
+            p.add_argument(f"positional_{key}", metavar=metavar, nargs="?", help=f"same as {RUN_OPTIONS[key][0][0]}")
         p.add_argument("--config", help="TOML config; values on the command line override it")
-        for opt, (tp, help_opt) in RUN_OPTIONS.items():
-            p.add_argument(opt, type=tp or _number_or_auto, help=help_opt, default=None)
+        for key, (flags, tp, help_opt) in RUN_OPTIONS.items():
+            metavar = flags[0][2:].upper().replace("-", "_")
+            p.add_argument(*flags, dest=key, type=tp or _number_or_auto, action=_Store, metavar=metavar, help=help_opt,
+                           default=None)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """Command-line values as Config keys (None = not given)."""
-    out = {opt[2:].replace("-", "_"): getattr(args, opt[2:].replace("-", "_")) for opt in RUN_OPTIONS}
-    out["load_name"] = out.pop("load")
-    return out
+    return {key: getattr(args, key) for key in RUN_OPTIONS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("machop").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("machop").setLevel(args.log_level.upper())
     if args.action == "setup":
         from machop.actions.setup import setup
 
@@ -99,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_action(args.action, args.config, overrides, progress=not args.no_progress)
     except ConfigError as e:
-        options = {opt[2:].replace("-", "_"): opt for opt in RUN_OPTIONS} | {"load_name": "--load"}
-        if overrides.get(e.key) is not None and e.key in options:
-            e = ConfigError(options[e.key], e.message)  # name the option the user typed
+        if overrides.get(e.key) is not None and e.key in RUN_OPTIONS:
+            typed = option_names(args).get(e.key) or RUN_OPTIONS[e.key][0][0]
+            e = ConfigError(typed, e.message)  # name the option the user typed
         print(f"ch {args.action}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

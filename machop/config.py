@@ -172,6 +172,17 @@ def check_range(value: float | int | None, path: str, lo: float, hi: float, *, h
 Optimizer = Literal["adam", "sgd", "adamw"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Strategy = Literal["auto", "ddp", "ddp_spawn", "fsdp", "ddp_find_unused_parameters_true"]
+# Lightning's Trainer(precision=...) values, less "transformer-engine*" (they need NVIDIA's transformer_engine package)
+Precision = Literal[
+    "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16", 64, 32, 16,
+]
+BatchLimit = int | float  # int first: an integer is a number of batches, a float a fraction (Lightning's rule)
+
+
+def check_batch_limit(value: BatchLimit, path: str) -> None:
+    """A Lightning ``limit_*_batches``: a fraction in (0, 1] (float) or a number of batches >= 1 (int)."""
+    if (isinstance(value, float) and not 0 < value <= 1) or (isinstance(value, int) and value < 1):
+        raise ConfigError(path, f"must be a fraction in (0, 1] or a whole number of batches >= 1, got {value!r}")
 
 
 @dataclass
@@ -185,7 +196,9 @@ class TrainSettings:
 
     TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("max_epochs", "optimizer", "learning_rate", "weight_decay", "batch_size")
     TRAINER_KEYS: ClassVar[tuple[str, ...]] = (
-        "max_epochs", "accelerator", "devices", "strategy", "num_nodes", "limit_train_batches", "log_every_n_steps",
+        "max_epochs", "max_steps", "accelerator", "devices", "strategy", "num_nodes", "precision",
+        "accumulate_grad_batches", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+        "log_every_n_steps",
     )
 
     batch_size: int = 128
@@ -198,7 +211,12 @@ class TrainSettings:
     devices: int | str = 1
     strategy: Strategy = "auto"
     num_nodes: int = 1
-    limit_train_batches: float | int = 1.0
+    precision: Precision = "32-true"
+    max_steps: int = -1  # -1: no limit, as in Lightning
+    accumulate_grad_batches: int = 1
+    limit_train_batches: BatchLimit = 1.0
+    limit_val_batches: BatchLimit = 1.0
+    limit_test_batches: BatchLimit = 1.0
     log_every_n_steps: int = 50
 
     def validate(self, path: str) -> None:
@@ -213,6 +231,13 @@ class TrainSettings:
             raise ConfigError(join(path, "devices"), f"must be a positive integer or 'auto', got {self.devices!r}")
         if isinstance(self.devices, int):
             check_range(self.devices, join(path, "devices"), 1, 1024)
+        if isinstance(self.precision, float):  # 32.0 == 32 passes the Literal check; Lightning wants 32 or "32"
+            raise ConfigError(join(path, "precision"), f"must be {_describe(Precision)}, got {self.precision!r}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ConfigError(join(path, "max_steps"), f"must be -1 (no limit) or >= 1, got {self.max_steps}")
+        check_range(self.accumulate_grad_batches, join(path, "accumulate_grad_batches"), 1, 1 << 20)
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            check_batch_limit(getattr(self, key), join(path, key))
 
     def override(self, table: Any, keys: tuple[str, ...], path: str) -> "TrainSettings":
         """A copy with the keys of ``table`` (a TOML table; only ``keys`` allowed) replaced, validated."""

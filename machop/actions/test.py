@@ -13,7 +13,7 @@ def test(config: Config, progress: bool = True) -> int:
         raise ConfigError("--load", "is required: the checkpoint to evaluate (with --load-type pl|pt|mz|huffman)")
     graph = build_graph(config, progress)
     dm = graph.context.data_module = data_module(config)
-    print_effective(config, ["model", "dataset", "load_name", "load_type", "batch_size", "accelerator", "seed"])
+    print_effective(config, ["model", "dataset", "load_name", "load_type", "batch_size", "precision", "accelerator", "seed"])
     result = evaluate(graph.model, dm, config.training, progress=progress)
     console.print(f"test_acc {result['test_acc']:.4f}")
     console.print(f"test_loss {result['test_loss']:.4f}")

@@ -10,8 +10,9 @@ from machop.training import fit
 
 from .common import build_graph, console, data_module, print_effective, run_dir
 
-KEYS = ["model", "dataset", "load_name", "load_type", "batch_size", "max_epochs", "learning_rate", "optimizer",
-        "weight_decay", "accelerator", "devices", "strategy", "num_nodes", "seed", "project", "project_dir"]
+KEYS = ["model", "dataset", "load_name", "load_type", "batch_size", "max_epochs", "max_steps", "learning_rate",
+        "optimizer", "weight_decay", "accumulate_grad_batches", "precision", "accelerator", "devices", "strategy",
+        "num_nodes", "seed", "project", "project_dir"]
 
 
 def train(config: Config, progress: bool = True) -> int:
@@ -22,6 +23,5 @@ def train(config: Config, progress: bool = True) -> int:
     result = fit(graph.model, dm, config.training, out / "checkpoints", progress, json.dumps(describe_structure(graph)))
     console.print(f"val_acc {result['best_val_acc']:.4f} (best epoch), {result['world_size']} process(es)")
     console.print(f"Best checkpoint: {result['checkpoint']}")
-    console.print(f"Test it: ./ch test --model {config.model} --dataset {config.dataset} "
-                  f"--load {result['checkpoint']} --load-type pl")
+    console.print(f"Test it: ./ch test {config.model} {config.dataset} --load {result['checkpoint']} --load-type pl")
     return 0

@@ -34,14 +34,20 @@ def _quiet_lightning() -> None:
 def build_trainer(
     s: TrainSettings, callbacks: list | None = None, checkpointing: bool = False, progress: bool = True
 ) -> pl.Trainer:
+    """A Lightning Trainer with the settings ``s``; `fit` and `evaluate` (val and test) both use it."""
     _quiet_lightning()
     return pl.Trainer(
         max_epochs=s.max_epochs,
+        max_steps=s.max_steps,
         accelerator=s.accelerator,
         devices=s.devices,
         strategy=s.strategy,
         num_nodes=s.num_nodes,
+        precision=s.precision,
+        accumulate_grad_batches=s.accumulate_grad_batches,
         limit_train_batches=s.limit_train_batches,
+        limit_val_batches=s.limit_val_batches,
+        limit_test_batches=s.limit_test_batches,
         log_every_n_steps=s.log_every_n_steps,
         callbacks=callbacks or [],
         enable_progress_bar=progress,
@@ -50,6 +56,19 @@ def build_trainer(
         logger=False,
         deterministic=False,
     )
+
+
+class _ValidateAtMaxSteps(pl.Callback):
+    """Validate when ``max_steps`` ends training inside an epoch.
+
+    Lightning validates at epoch ends only, so a run stopped by ``max_steps``
+    mid-epoch would have no ``val_acc`` and no best checkpoint; asking it to
+    stop (as early stopping does) runs the validation loop first.
+    """
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
 
 
 class _BestInMemory(pl.Callback):
@@ -85,7 +104,7 @@ def fit(
     """
     pl.seed_everything(s.seed, workers=True, verbose=False)
     module = MaseLightningModule(model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure)
-    callbacks: list = [best := _BestInMemory()]
+    callbacks: list = [best := _BestInMemory(), _ValidateAtMaxSteps()]
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1)
