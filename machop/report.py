@@ -12,6 +12,9 @@ from machop.files import atomic_write
 from machop.passes.graph import REGISTRY
 
 COLUMNS = ("step", "test_acc", "non-zero", "kept", "bits/w", "size", "ratio", "time")
+LEGEND = ("test_acc: of the model after that step (– not evaluated). size: the compressed file on disk; * an estimate "
+          "of sparse, quantized storage before Huffman coding. ratio: dense fp32 parameters over size. bits/w: size "
+          "in bits per non-zero weight.")
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -27,23 +30,23 @@ def fmt_bytes(n: float | None) -> str:
 def summary_rows(report: dict) -> list[dict]:
     """One row per step (plus the start).
 
-    ``test_acc`` is the last one measured. ``size`` is the compressed file's
+    ``test_acc`` is that step's model's (None where it was not evaluated). ``size`` is the compressed file's
     bytes on disk after a Huffman step, else the sparse/quantized storage
     estimate (`machop.passes.graph.analysis.stats.weight_stats`); ``ratio`` is
     dense fp32 over that size, ``bits_per_weight`` size in bits over non-zero weights.
     """
     dense = report["initial"]["dense_bytes"]
-    start = {"label": "(start)", "pass": "", "info": {}, "weights": report["initial"], "seconds": None}
-    rows, acc, file_bytes = [], None, None
+    start = {"label": "(start)", "pass": "", "info": {}, "weights": report["initial"], "seconds": None,
+             "test_acc": report.get("initial_test_acc")}
+    rows, file_bytes = [], None
     for step in [start] + report["steps"]:
         info, w = step["info"], step["weights"]
-        acc = info.get("test_acc", acc)
         # a compressed file stays the model's size until a later step changes the model
         changes_model = step["pass"] in REGISTRY and REGISTRY[step["pass"]].changes_model
         file_bytes = info.get("file_bytes", None if changes_model else file_bytes)
         size = file_bytes or w["estimated_bytes"]
         rows.append({
-            "step": step["label"], "pass": step["pass"], "test_acc": acc,
+            "step": step["label"], "pass": step["pass"], "test_acc": step["test_acc"],
             "nonzero_weights": w["nonzero_weights"], "weights": w["weights"],
             "bits_per_weight": 8 * size / max(1, w["nonzero_weights"]),
             "size_bytes": size, "size_is_file": file_bytes is not None, "estimated_bytes": w["estimated_bytes"],
@@ -55,7 +58,7 @@ def summary_rows(report: dict) -> list[dict]:
 def _cells(r: dict) -> list[str]:
     return [
         r["step"],
-        "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
+        "–" if r["test_acc"] is None else f"{r['test_acc']:.4f}",
         f"{r['nonzero_weights']:,}",
         f"{r['nonzero_weights'] / max(1, r['weights']):.1%}",
         f"{r['bits_per_weight']:.2f}",
@@ -73,8 +76,7 @@ def print_summary(report: dict, console: Console | None = None) -> None:
     for r in summary_rows(report):
         table.add_row(*_cells(r))
     console.print(table)
-    console.print("size: the compressed file on disk; * an estimate of sparse, quantized storage before Huffman coding. "
-                  "ratio: dense fp32 parameters over size.")
+    console.print(LEGEND)
 
 
 def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
@@ -82,8 +84,7 @@ def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
     lines = [f"# {report['model']} on {report['dataset']}", "", f"Config: `{report['config']}`", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in summary_rows(report)]
-    lines += ["", "size: the compressed file on disk; * an estimate of sparse, quantized storage before Huffman "
-              "coding. ratio: dense fp32 parameters over size. bits/w: size in bits per non-zero weight.", ""]
+    lines += ["", LEGEND, ""]
     for step in report["steps"]:
         simple = {k: v for k, v in step["info"].items() if isinstance(v, (int, float, str, bool)) or v is None}
         lines.append(f"## {step['label']} ({step['pass']}, {step['seconds']:.1f} s)")

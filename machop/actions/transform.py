@@ -2,7 +2,12 @@
 
 Every table is validated before anything runs or is written. The run folder
 gets the effective config, a checkpoint after each step, and ``report.json``
-(each step's ``info`` plus the model's size figures).
+(each step's ``info``, its ``test_acc`` and the model's size figures).
+
+Each step that changes the model is evaluated on the test split, so every
+row shows the accuracy of that step's own model (a prune row shows the drop
+before retraining). A train step measures its own (its ``test`` key); any
+table may say ``evaluate = false`` to skip it, and its row then has none.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from machop.passes.graph import REGISTRY
 from machop.passes.graph.analysis.metadata import add_common_metadata, init_metadata
 from machop.passes.graph.analysis.stats import weight_stats
 from machop.report import print_summary, write_figures, write_markdown
+from machop.training import evaluate
 
 from .common import build_graph, console, data_module, is_rank_zero, print_effective, run_dir
 from .train import KEYS
@@ -37,10 +43,14 @@ class Step:
     name: str
     table: dict
     args: Any
+    evaluate: bool = True  # evaluate the model after this step (train steps: their own ``test`` key)
 
     @property
     def path(self) -> str:
         return f"passes.{self.label}"
+
+
+TRAIN_PASSES = ("train", "retrain")
 
 
 def plan(config: Config) -> list[Step]:
@@ -51,14 +61,17 @@ def plan(config: Config) -> list[Step]:
         if not isinstance(name, str) or name not in REGISTRY:
             key = f"passes.{label}.pass" if "pass" in table else f"passes.{label}"
             raise ConfigError(key, f"unknown pass {name!r}; choose from {', '.join(sorted(REGISTRY))}")
-        table = {k: v for k, v in table.items() if k != "pass"}
-        steps.append(Step(label, name, table, REGISTRY[name].parse(table, f"passes.{label}")))
+        evaluate = table.get("evaluate", True)
+        if not isinstance(evaluate, bool):
+            raise ConfigError(f"passes.{label}.evaluate", f"must be true or false, got {evaluate!r}")
+        table = {k: v for k, v in table.items() if k not in ("pass", "evaluate")}
+        if name in TRAIN_PASSES:  # a train step evaluates itself; evaluate = false turns that off
+            table = table | ({"test": False} if not evaluate else {})
+            evaluate = False
+        steps.append(Step(label, name, table, REGISTRY[name].parse(table, f"passes.{label}"), evaluate))
     if not steps:
         raise ConfigError("passes", "no [passes.*] table: nothing to do")
     return steps
-
-
-TRAIN_PASSES = ("train", "retrain")
 
 
 def starting_point(config: Config, steps: list[Step], config_path: str | None) -> Config:
@@ -108,6 +121,13 @@ def check_plan(graph, steps: list[Step]) -> None:
         earlier.append(step.name)
 
 
+def _test_acc(graph) -> float:
+    """Test accuracy of the graph's model as it is now."""
+    console.print("evaluating on the test split")
+    ctx = graph.context
+    return evaluate(graph.model, ctx.data_module, ctx.training, progress=ctx.progress_bar)["test_acc"]
+
+
 def _largest_weight(graph) -> Weight:
     return max(graph.weights(), key=lambda w: w.stored().numel())
 
@@ -134,20 +154,31 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
         atomic_write(out / "config.toml", to_toml(vars(config)))
     graph.context.output_dir = out
     report = {"config": config_path, "run_dir": str(out), "model": config.model, "dataset": config.dataset,
-              "initial": weight_stats(graph), "steps": []}
+              "initial": weight_stats(graph), "initial_test_acc": None, "steps": []}
+    if graph.context.loaded_from is not None:  # the model the run starts from: the baseline of every drop
+        report["initial_test_acc"] = _test_acc(graph)
+    test_acc = report["initial_test_acc"]
     before_quantize = None  # the largest layer's weights before the first quantize step, for the histogram
-    for i, (label, name, args) in enumerate(((s.label, s.name, s.table) for s in steps), 1):
-        console.rule(f"[bold]step {i}/{len(steps)}: {label}[/bold] ({name})")
-        graph.context.step = label
-        if name == "quantize" and before_quantize is None and graph.weights():
+    for i, s in enumerate(steps, 1):
+        console.rule(f"[bold]step {i}/{len(steps)}: {s.label}[/bold] ({s.name})")
+        graph.context.step = s.label
+        if s.name == "quantize" and before_quantize is None and graph.weights():
             largest = _largest_weight(graph)
             before_quantize = largest.name, largest.value().clone()
         start = time.perf_counter()
-        graph, info = REGISTRY[name].fn(graph, args)
-        step = {"label": label, "pass": name, "seconds": round(time.perf_counter() - start, 2), "info": info,
+        graph, info = REGISTRY[s.name].fn(graph, s.table)
+        seconds = round(time.perf_counter() - start, 2)
+        changes_model = REGISTRY[s.name].changes_model
+        if changes_model:  # a step that leaves the model as it was keeps the last figure
+            test_acc = info.get("test_acc")
+            if test_acc is None and s.evaluate:
+                test_acc = _test_acc(graph)
+        elif info.get("test_acc") is not None:
+            test_acc = info["test_acc"]
+        step = {"label": s.label, "pass": s.name, "seconds": seconds, "test_acc": test_acc, "info": info,
                 "weights": weight_stats(graph)}
-        if writer and REGISTRY[name].changes_model:
-            step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{label}.mz", "mz"))
+        if writer and changes_model:
+            step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{s.label}.mz", "mz"))
         report["steps"].append(step)
         if writer:
             atomic_write(out / "report.json", json.dumps(report, indent=2, default=str))
