@@ -46,6 +46,8 @@ RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any] | None, str]]
     "project": (("--project",), str, "project name: outputs go to PROJECT_DIR/PROJECT/<run>"),
     "project_dir": (("--project-dir",), str, "output root (default mase_output)"),
     "data_dir": (("--data-dir",), str, "data directory (else MACHOP_DATA_DIR, else the Debian package path)"),
+    "train_limit": (("--train-limit",), int, "keep only the first N training images (validation included)"),
+    "test_limit": (("--test-limit",), int, "keep only the first N test images"),
     "limit_train_batches": (("--limit-train-batches",), None, "fraction (float) or number (int) of training batches "
                                                               "per epoch"),
     "limit_val_batches": (("--limit-val-batches",), None, "fraction (float) or number (int) of validation batches"),

@@ -282,6 +282,8 @@ class Config(TrainSettings):
     num_workers: int = 0
     data_dir: str | None = None
     val_fraction: float = 0.1
+    train_limit: int | None = None  # keep only the first N training images (validation included): a quick run
+    test_limit: int | None = None  # keep only the first N test images
     passes: dict[str, dict] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
@@ -290,6 +292,8 @@ class Config(TrainSettings):
             self.load_name = None
         check_range(self.num_workers, join(path, "num_workers"), 0, 256)
         check_range(self.val_fraction, join(path, "val_fraction"), 0.0, 1.0, hi_open=True)
+        check_range(self.train_limit, join(path, "train_limit"), 2, 1 << 40)  # at least one image each to train, validate
+        check_range(self.test_limit, join(path, "test_limit"), 1, 1 << 40)
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz, huffman")
         for label, table in self.passes.items():

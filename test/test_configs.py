@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from machop.actions.transform import check_plan, plan
+from machop.actions.transform import check_plan, plan, starting_point
 from machop.config import load_config
 from machop.datasets import get_dataset_info
 from machop.ir import MaseGraph
@@ -19,7 +19,7 @@ def test_the_examples_are_there():
     names = {p.name for p in CONFIGS}
     for required in ("lenet5_fashion_mnist_deep_compression.toml", "lenet300_fashion_mnist_deep_compression.toml",
                      "resnet18_colored_fashion_mnist_deep_compression.toml", "vgg_cifar10_prune_retrain.toml",
-                     "prune_retrain_group3.toml"):
+                     "prune_retrain_group3.toml", "group3.toml"):
         assert required in names
 
 
@@ -41,10 +41,19 @@ def test_config_validates(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_passes_the_checks_against_its_model(path):
-    """What `ch transform` checks before step 1 (names, types, granularities, pass order) holds for each shipped config."""
+def test_config_passes_the_checks_against_its_model(path, tmp_path, monkeypatch):
+    """What `ch transform` checks before step 1 (names, types, granularities, pass order) holds for each shipped config.
+
+    A starting checkpoint a train table names (group3.toml's) is put in the working directory first.
+    """
     config = load_config(path)
-    check_plan(MaseGraph(get_model(config.model, get_dataset_info(config.dataset))), plan(config))
+    steps = plan(config)
+    monkeypatch.chdir(tmp_path)
+    for step in steps:
+        if getattr(step.args, "load_name", None) is not None:
+            (tmp_path / step.args.load_name).touch()
+    config = starting_point(config, steps, str(path))
+    check_plan(MaseGraph(get_model(config.model, get_dataset_info(config.dataset))), steps)
 
 
 def test_iterative_pruning_is_shown():

@@ -28,6 +28,8 @@ def data_module(config: Config):
         data_dir=config.data_dir,
         seed=config.seed,
         val_fraction=config.val_fraction,
+        train_limit=config.train_limit,
+        test_limit=config.test_limit,
         num_workers=config.num_workers,
     )
     try:

@@ -49,6 +49,7 @@ def build_trainer(
         limit_val_batches=s.limit_val_batches,
         limit_test_batches=s.limit_test_batches,
         log_every_n_steps=s.log_every_n_steps,
+        num_sanity_val_steps=0,  # the validation loop is ours and fixed; a sanity pass costs a validation batch
         callbacks=callbacks or [],
         enable_progress_bar=progress,
         enable_model_summary=False,

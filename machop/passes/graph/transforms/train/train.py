@@ -131,11 +131,11 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
         data.batch_size = s.batch_size
     try:
         info = fit(graph.model, data, s, checkpoint_dir, ctx.progress_bar, json.dumps(describe_structure(graph)))
-        if args.test:
-            info |= evaluate(graph.model, data, s, progress=ctx.progress_bar)
     finally:
         if batch_size is not None:
             data.batch_size = batch_size
+    if args.test:  # with the run's batch size, so that limit_test_batches covers the same images at every step
+        info |= evaluate(graph.model, data, s, progress=ctx.progress_bar)
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
 

@@ -31,7 +31,9 @@ or as a script: ``python test/passes/graph/transforms/prune/test_group3.py``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[5]
@@ -42,10 +44,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
+from torch.nn.utils import prune as torch_prune  # noqa: E402
 
-from machop.config import TrainSettings
-from machop.datasets import MaseDataModule  # noqa: E402
-from machop.ir import MaseGraph, PassContext  # noqa: E402
+from machop.cli import main  # noqa: E402
+from machop.config import TrainSettings  # noqa: E402
+from machop.datasets import MaseDataModule, get_dataset_info  # noqa: E402
+from machop.ir import MaseGraph, PassContext, load_graph  # noqa: E402
 from machop.models import get_model  # noqa: E402
 from machop.passes.graph import PASSES  # noqa: E402
 from machop.nn import ActivationPrune, KMeansWeight, get_mask, quantizer_of  # noqa: E402
@@ -423,6 +427,141 @@ def test_activation_method_end_to_end(data, dense_state, test_slice, tmp_path, s
     assert accuracy > ACCURACY_FLOOR, f"{scope} {granularity} {method}: accuracy {accuracy:.3f}"
     # the activation masks (inserted modules) survived quantization, retraining and the Huffman round trip
     assert _check_activation_sparsity(decoded, info, scope, granularity, x) == counts
+
+
+# --------------------------------------------------------------------------- the seed's config files, through ch transform
+
+CONFIGS = ROOT / "configs" / "examples"
+SEED_FILES = ["vgg_cifar10_prune_retrain.toml", "prune_retrain_group3.toml"]
+GROUP3 = """# the group's final machop/configs/examples/group3.toml, as they wrote it
+model = "vgg7"
+dataset = "cifar10"
+task = "cls"
+batch_size = 512
+accelerator = "auto"
+project = "vgg_cifar10_prune"
+seed = 42
+log_every_n_steps = 50
+learning_rate = 1e-4
+
+[passes.prune.weight]
+sparsity = 0.2
+scope = "local"
+granularity = "elementwise"
+method = "l1-norm"
+
+[passes.prune.activation]
+sparsity = 0.1
+scope = "local"
+granularity = "elementwise"
+method = "l1-norm"
+
+[passes.quantize]
+by = "type"
+[passes.quantize.default.config]
+name = "NA"
+[passes.quantize.linear.config]
+name = "integer"
+"data_in_width" = 8
+"data_in_frac_width" = 4
+"weight_width" = 8
+"weight_frac_width" = 4
+"bias_width" = 8
+"bias_frac_width" = 4
+[passes.quantize.conv2d.config]
+name = "integer"
+"data_in_width" = 8
+"data_in_frac_width" = 4
+"weight_width" = 8
+"weight_frac_width" = 4
+"bias_width" = 8
+"bias_frac_width" = 4
+
+[passes.retrain]
+load_name = "test-accu-0.9332.ckpt"
+load_type = "pl"
+project = "vgg_cifar10_train"
+[passes.retrain.training]
+max_epochs = 1
+weight_decay = 0
+optimizer = "adam"
+learning_rate = 1e-4
+batch_size = 512
+[passes.retrain.trainer]
+devices = 1
+accelerator = "auto"
+
+[passes.huffman]
+is_huffman = true
+"""
+# VGG7 on two CPU cores: a slice of 128 training images (115 train, 13 validation) and 32 test images
+SMALL = ["--dataset", "colored_fashion_mnist", "--limit-train-batches", "2", "--train-limit", "128",
+         "--test-limit", "32", "--no-progress"]
+
+
+def _transform(config: str | Path, out: Path, *extra: str) -> Path:
+    """Run ``ch transform --config CONFIG`` (in this process); the run folder."""
+    code = main(["transform", "--config", str(config), "--project-dir", str(out), *SMALL, *extra])
+    assert code == 0
+    (run,) = out.glob("*/transform_*")
+    return run
+
+
+def _vgg7_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """A Lightning checkpoint of a VGG7 for colored Fashion-MNIST; its state dict."""
+    torch.manual_seed(seed)
+    state = get_model("vgg7", get_dataset_info("colored_fashion_mnist")).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
+    return state
+
+
+def _report(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())
+
+
+def test_the_groups_own_configuration_runs_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "group3.toml").write_text(GROUP3)
+    state = _vgg7_checkpoint(tmp_path / "test-accu-0.9332.ckpt", seed=7)
+    run = _transform("group3.toml", tmp_path / "out")
+    assert (run / "model.mchz").stat().st_size > 0
+    pruned = load_graph(run / "checkpoints" / "01_prune.mz")
+    layers = _layers(pruned)
+    assert len(layers) == 9  # every Conv2d and Linear: the group's table does not narrow the types
+    targets = {n.name: n.target for n in pruned.nodes}
+    for name, module in layers.items():  # the masks are the L1 magnitude masks of the *loaded* weights
+        w = state[f"{targets[name]}.weight"]
+        oracle = torch_prune.L1Unstructured(0.2).compute_mask(w, torch.ones_like(w)).bool()
+        assert torch.equal(get_mask(module), oracle), name
+    report = _report(run)
+    assert [s["label"] for s in report["steps"]] == ["prune", "quantize", "retrain", "huffman"]
+    assert all(s["test_acc"] is not None for s in report["steps"]) and report["initial_test_acc"] is not None
+    quantized = report["steps"][1]["info"]["layers"]  # 8-bit fixed point on every Conv2d and Linear
+    assert sorted(row["name"] for row in quantized) == sorted(layers)
+    assert {(row["arithmetic"], row["bits"], row["data_in_bits"]) for row in quantized} == {("integer", 8, 8)}
+    assert report["steps"][3]["info"]["verified"] is True
+    assert (run / "checkpoints" / "vgg_cifar10_train" / "best.ckpt").is_file()  # the retrain table's project
+
+
+def test_shipped_group3_is_the_groups_table_pruning_conv2d_only():
+    shipped = tomllib.loads((CONFIGS / "group3.toml").read_text())
+    for kind in ("weight", "activation"):
+        assert shipped["passes"]["prune"][kind].pop("types") == ["conv2d"]
+    assert shipped == tomllib.loads(GROUP3)
+
+
+@pytest.mark.parametrize("name", SEED_FILES)
+def test_the_seed_config_files_run(tmp_path, name):
+    run = _transform(CONFIGS / name, tmp_path / "out", "--max-steps", "1")  # one step per train step (of 10 epochs)
+    report = _report(run)
+    assert [s["pass"] for s in report["steps"]] == ["train", "prune", "quantize", "retrain", "huffman"]
+    baseline, prune, quantize, retrain, huffman = report["steps"]
+    assert all(s["test_acc"] is not None for s in report["steps"])
+    assert prune["info"]["weight"]["achieved"] == pytest.approx(0.2, abs=1e-3)
+    assert len(prune["info"]["activation"]["layers"]) == 9
+    assert {(row["arithmetic"], row["type"]) for row in quantize["info"]["layers"]} == {
+        ("integer", "conv2d"), ("integer", "linear")}
+    assert huffman["info"]["verified"] is True and (run / "model.mchz").is_file()
 
 
 if __name__ == "__main__":
