@@ -13,6 +13,7 @@ dataclasses), maps the string ``"NA"`` to ``None`` and calls the dataclass's
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -22,13 +23,24 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NAME_LENGTH = 100
+INT64 = (-(1 << 63), (1 << 63) - 1)
+SEED_RANGE = (0, (1 << 32) - 1)  # Lightning's seed_everything (numpy's seed range)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control and line-break characters escaped (``\\n``), so that it prints as one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class ConfigError(ValueError):
     """A bad configuration value; ``str(err)`` is one line naming the key."""
 
     def __init__(self, key: str, message: str):
         self.key = key
         self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
+        super().__init__(one_line(f"{key}: {message}" if key else message))
 
     def under(self, prefix: str) -> "ConfigError":
         """The same error with ``prefix`` put before its key."""
@@ -55,8 +67,18 @@ def _describe(tp: Any) -> str:
     return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+class _Mismatch(ConfigError):
+    """``value`` is not of the annotated type at all (a union tries its next member)."""
+
+
 def convert(tp: Any, value: Any, path: str) -> Any:
-    """Check ``value`` against the type annotation ``tp``; return the typed value."""
+    """Check ``value`` against the type annotation ``tp``; return the typed value.
+
+    Numbers must be finite (TOML has ``nan`` and ``inf``) and integers fit in
+    64 bits (TOML's range), whatever the field. In a union, an error from a
+    member whose kind the value has (a table's bad entry, a NaN for
+    ``float``) is raised as it is, so that it names the inner key.
+    """
     if value == "NA":
         value = None
     origin = typing.get_origin(tp)
@@ -71,46 +93,49 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                 continue
             try:
                 return convert(arg, value, path)
-            except ConfigError:
-                continue
-        raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+            except _Mismatch as e:
+                if e.key != path:
+                    raise
+        raise _Mismatch(path, f"must be {_describe(tp)}, got {value!r}")
     if value is None:
-        raise ConfigError(path, f"must be {_describe(tp)}, got \"NA\"")
+        raise _Mismatch(path, f"must be {_describe(tp)}, got \"NA\"")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+            raise _Mismatch(path, f"must be {_describe(tp)}, got {value!r}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+            raise _Mismatch(path, f"must be {_describe(tp)}, got {value!r}")
         (item,) = typing.get_args(tp)
         return [convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(path, f"must be {_describe(tp)}, got {value!r}")
+            raise _Mismatch(path, f"must be {_describe(tp)}, got {value!r}")
         _, item = typing.get_args(tp)
         return {k: convert(item, v, join(path, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(path, f"must be a table, got {value!r}")
+            raise _Mismatch(path, f"must be a table, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"must be a number, got {value!r}")
-        return float(value)
+            raise _Mismatch(path, f"must be a number, got {value!r}")
+        return check_finite(value, path)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"must be an integer, got {value!r}")
+            raise _Mismatch(path, f"must be an integer, got {value!r}")
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConfigError(path, f"must be a 64-bit integer, got one of {value.bit_length()} bits")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"must be true or false, got {value!r}")
+            raise _Mismatch(path, f"must be true or false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(path, f"must be a string, got {value!r}")
+            raise _Mismatch(path, f"must be a string, got {value!r}")
         return value
     raise TypeError(f"config type {tp!r} is not supported")  # a bug in a dataclass, not user input
 
@@ -127,7 +152,7 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(path, f"must be a table, got {data!r}")
+        raise _Mismatch(path, f"must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -157,13 +182,48 @@ def pass_path(step: str | None, default: str) -> str:
     return f"passes.{step}" if step else default
 
 
+def check_finite(value: int | float, path: str) -> float:
+    """``value`` as a float; ConfigError unless it is finite (NaN and infinities pass every range check)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(path, f"must be a finite number, got an integer of {value.bit_length()} bits") from None
+    if not math.isfinite(number):
+        raise ConfigError(path, f"must be a finite number, got {value!r}")
+    return number
+
+
 def check_range(value: float | int | None, path: str, lo: float, hi: float, *, hi_open: bool = False) -> None:
-    """Raise ConfigError unless ``lo <= value <= hi`` (``< hi`` with ``hi_open``)."""
+    """Raise ConfigError unless ``lo <= value <= hi`` (``< hi`` with ``hi_open``); NaN is out of every range."""
     if value is None:
         return
-    if value < lo or value > hi or (hi_open and value == hi):
+    if not lo <= value <= hi or (hi_open and value == hi):
         bracket = ")" if hi_open else "]"
         raise ConfigError(path, f"must be in [{lo}, {hi}{bracket}, got {value}")
+
+
+def check_name(value: str | None, path: str) -> None:
+    """A file name, not a path: it becomes one folder under the output directory, never outside it.
+
+    Refused: an empty name, ``.`` and ``..``, path separators, NUL and other
+    control characters, and names over `MAX_NAME_LENGTH` characters.
+    """
+    if value is None:
+        return
+    if not value:
+        raise ConfigError(path, "must be a name, got an empty string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ConfigError(path, f"must be a name of at most {MAX_NAME_LENGTH} characters, got {len(value)}")
+    if not value.isprintable():
+        raise ConfigError(path, f"must be a name without control characters, got {value!r}")
+    if "/" in value or "\\" in value or value in (".", ".."):
+        raise ConfigError(path, f"must be a name, not a path (no '/', '\\', '.' or '..'), got {value!r}")
+
+
+def check_path(value: str | None, path: str) -> None:
+    """A file or folder path the operating system can take: no NUL character."""
+    if value is not None and "\0" in value:
+        raise ConfigError(path, f"must be a path without NUL characters, got {value!r}")
 
 
 # --------------------------------------------------------------------------- the run config
@@ -224,6 +284,7 @@ class TrainSettings:
         check_range(self.max_epochs, join(path, "max_epochs"), 1, 10_000)
         check_range(self.num_nodes, join(path, "num_nodes"), 1, 1 << 16)
         check_range(self.log_every_n_steps, join(path, "log_every_n_steps"), 1, float("inf"))
+        check_range(self.seed, join(path, "seed"), *SEED_RANGE)
         if not 0 < self.learning_rate <= 10:
             raise ConfigError(join(path, "learning_rate"), f"must be in (0, 10], got {self.learning_rate}")
         check_range(self.weight_decay, join(path, "weight_decay"), 0.0, 1.0)
@@ -294,9 +355,13 @@ class Config(TrainSettings):
         check_range(self.val_fraction, join(path, "val_fraction"), 0.0, 1.0, hi_open=True)
         check_range(self.train_limit, join(path, "train_limit"), 2, 1 << 40)  # at least one image each to train, validate
         check_range(self.test_limit, join(path, "test_limit"), 1, 1 << 40)
+        check_name(self.project, join(path, "project"))
+        for key in ("project_dir", "data_dir", "load_name"):
+            check_path(getattr(self, key), join(path, key))
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz, huffman")
         for label, table in self.passes.items():
+            check_name(label, join("passes", _toml_key(label)))  # a train step's default checkpoint folder
             if not isinstance(table, dict):
                 raise ConfigError(join("passes", label), "must be a table")
 
@@ -307,14 +372,34 @@ class Config(TrainSettings):
 
 
 def read_toml(path: str | os.PathLike) -> dict:
-    """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
+    """Parse a TOML file; a missing, unreadable, oversized or malformed file is a ConfigError naming it.
+
+    The size is checked before parsing (a config is a few hundred bytes), and
+    nesting too deep for the parser is an error like any other bad TOML.
+    """
     p = Path(path)
-    if not p.is_file():
+    try:
+        exists, is_file = p.exists(), p.is_file()
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {p}: {e.strerror or e}") from None
+    if not exists:
         raise ConfigError("--config", f"no such file: {p}")
+    if not is_file:
+        raise ConfigError("--config", f"not a file: {p}")
     try:
         with p.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {p}: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("--config", f"{p} is larger than {MAX_CONFIG_BYTES >> 20} MiB, the most a config file may be")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("--config", f"{p} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+    except RecursionError:
+        raise ConfigError("--config", f"{p} is not valid TOML (arrays or tables nested too deeply)") from None
+    except ValueError as e:  # tomllib.TOMLDecodeError, or an integer too long to convert
         raise ConfigError("--config", f"{p} is not valid TOML ({e})") from None
 
 

@@ -86,16 +86,45 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def _numbered(base: Path, i: int) -> Path:
+    """``base`` for 0, else ``base-i``."""
+    return base.with_name(f"{base.name}-{i}") if i else base
+
+
+def _output_error(path: Path, e: OSError) -> ConfigError:
+    """An output folder that cannot be made (its parent is a file, no permission): one line naming project_dir."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        return ConfigError("project_dir", f"cannot create {path}: part of that path is a file, not a folder")
+    return ConfigError("project_dir", f"cannot create {path}: {e.strerror or e}")
+
+
 def run_dir(config: Config, action: str) -> Path:
-    """A new ``PROJECT_DIR/PROJECT/<action>_<model>_<dataset>_<time>`` folder (made by rank 0 only)."""
+    """A new ``PROJECT_DIR/PROJECT/<action>_<model>_<dataset>_<time>`` folder (made by rank 0 only).
+
+    Runs started in the same second get ``-1``, ``-2``, ... suffixes: each
+    name is claimed by creating it (``mkdir`` fails if another run got there
+    first), so two runs never share, nor crash on, a folder.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(config.project_dir) / config.project / f"{action}_{config.model}_{config.dataset}_{stamp}"
-    path, i = base, 1
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    if is_rank_zero():
-        path.mkdir(parents=True)
-    return path
+    i = 0
+    if not is_rank_zero():
+        while _numbered(base, i).exists():
+            i += 1
+        return _numbered(base, i)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _output_error(base.parent, e) from None
+    while True:
+        path = _numbered(base, i)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            i += 1
+        except OSError as e:
+            raise _output_error(path, e) from None
 
 
 def print_effective(config: Config, keys: list[str]) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from machop.config import ConfigError, TrainSettings, from_dict, join, pass_path
+from machop.config import ConfigError, TrainSettings, check_name, from_dict, join, pass_path
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
 from machop.nn import has_compression
@@ -68,6 +68,7 @@ class TrainArgs:
     def validate(self, path: str) -> None:
         if self.load_name in ("None", "none"):  # the seed's spellings of no checkpoint
             self.load_name = None
+        check_name(self.project, join(path, "project"))  # a folder under the run's checkpoints, never outside
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz")
         self.settings(TrainSettings(), path)  # check both tables now
