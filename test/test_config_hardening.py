@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from machop.actions.common import run_dir
 from machop.actions.transform import plan
@@ -69,6 +70,7 @@ BAD_VALUES = [
     ("project-nul", 'project = "a\\u0000b"\n', "project", "control characters"),
     ("project-newline", 'project = "a\\nb"\n', "project", "control characters"),
     ("project-dir-nul", 'project_dir = "out\\u0000"\n', "project_dir", "NUL"),
+    ("huffman-path-nul", '[passes.huffman]\npath = "m\\u0000.mchz"\n', "passes.huffman.path", "NUL"),
     ("train-project-parent", "[passes.retrain]\nproject = '../../x'\n", "passes.retrain.project", "not a path"),
     ("pass-label-path", "[passes.\"../x\"]\npass = 'train'\n", 'passes."../x"', "must be a name, not a path"),
     # pass tables
@@ -271,3 +273,36 @@ def test_an_output_path_through_a_file_names_project_dir(where, tmp_path):
     assert e.value.key == "project_dir" and len(str(e.value).splitlines()) == 1
     assert "is a file, not a folder" in e.value.message
     assert blocker.is_file()
+
+
+# --------------------------------------------------------------------------- the machine's devices
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """This machine as one without a GPU or MPS device, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--accelerator", "gpu"], "--accelerator: 'gpu' asked for, but this machine has none"),
+    (["--accelerator", "cuda"], "--accelerator: 'cuda' asked for, but this machine has none"),
+    (["--accelerator", "mps"], "--accelerator: 'mps' asked for, but this machine has none"),
+    (["--precision", "16-mixed"], "--precision: '16-mixed' (float16 mixed precision) needs a GPU"),
+])
+def test_devices_this_machine_lacks_are_refused_before_any_work(cpu_only, tmp_path, capsys, argv, message):
+    code, err = run_cli(["train", "lenet5", "fashion_mnist", "--project-dir", str(tmp_path / "out"), *argv], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"ch train: error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_train_tables_accelerator_is_checked_before_step_1(cpu_only, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text("[passes.prune.weight]\nsparsity = 0.5\n"
+                                     "[passes.retrain.trainer]\naccelerator = 'gpu'\n")
+    code, err = run_cli(["transform", "--config", str(tmp_path / "c.toml"), "--project-dir", str(tmp_path / "out")],
+                        capsys)
+    assert code == 2 and "passes.retrain.trainer.accelerator: 'gpu' asked for" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

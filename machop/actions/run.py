@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from machop.config import load_config
+from machop.training import check_accelerator
 
 from .common import check_names
 from .test import test
@@ -14,6 +15,7 @@ def run_action(action: str, config_path: str | None, overrides: dict, progress: 
     """Run ``action``; bad input raises `ConfigError` (the CLI prints it as one line, exit 2)."""
     config = load_config(config_path, overrides)
     check_names(config)
+    check_accelerator(config.training)
     if action == "train":
         return train(config, progress)
     if action == "test":

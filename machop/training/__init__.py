@@ -2,6 +2,6 @@
 
 from .data import DataLoaders, calibration_batch
 from .module import MaseLightningModule
-from .trainer import evaluate, fit
+from .trainer import check_accelerator, evaluate, fit
 
-__all__ = ["DataLoaders", "MaseLightningModule", "calibration_batch", "evaluate", "fit"]
+__all__ = ["DataLoaders", "MaseLightningModule", "calibration_batch", "check_accelerator", "evaluate", "fit"]

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+import torch
 from torch import nn
 
-from machop.config import TrainSettings
+from machop.config import ConfigError, TrainSettings, join
 
 from .module import MaseLightningModule
 
@@ -29,6 +30,26 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def check_accelerator(s: TrainSettings, path: str = "") -> None:
+    """Refuse, before any work, an accelerator, device count or precision this machine cannot run.
+
+    Lightning would fail only when the trainer is built, minutes into a run.
+    """
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = 1 if torch.backends.mps.is_available() else 0
+    available = {"gpu": cuda, "cuda": cuda, "mps": mps}.get(s.accelerator)
+    if available == 0:
+        raise ConfigError(join(path, "accelerator"), f"{s.accelerator!r} asked for, but this machine has none; "
+                                                     "use 'cpu' or 'auto'")
+    if available is not None and isinstance(s.devices, int) and s.devices > available:
+        raise ConfigError(join(path, "devices"), f"{s.devices} {s.accelerator} devices asked for, this machine has "
+                                                 f"{available}")
+    on_cpu = s.accelerator == "cpu" or (s.accelerator == "auto" and not cuda and not mps)
+    if on_cpu and s.precision in ("16-mixed", "16", 16):
+        raise ConfigError(join(path, "precision"), f"{s.precision!r} (float16 mixed precision) needs a GPU; "
+                                                   "on a CPU use 'bf16-mixed' or '32-true'")
 
 
 def build_trainer(

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from machop.config import ConfigError, check_range, from_dict, join, pass_path
+from machop.config import ConfigError, check_path, check_range, from_dict, join, pass_path
 from machop.ir import MaseGraph, PassContext
 from machop.nn import is_rebuildable, weight_codes
 
@@ -48,6 +48,7 @@ class HuffmanArgs:
         check_range(self.index_bits, join(path, "index_bits"), 1, 16)
         if self.path is not None and not self.path.strip():
             raise ConfigError(join(path, "path"), "must be a file path or \"NA\", got an empty string")
+        check_path(self.path, join(path, "path"))
 
 
 def parse_huffman_args(pass_args: dict | None, path: str = "passes.huffman") -> HuffmanArgs:

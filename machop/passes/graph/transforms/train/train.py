@@ -47,7 +47,7 @@ from machop.config import ConfigError, TrainSettings, check_name, from_dict, joi
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
 from machop.nn import has_compression
-from machop.training import evaluate, fit
+from machop.training import check_accelerator, evaluate, fit
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,10 @@ def parse_test_args(pass_args: dict | None, path: str = "passes.test") -> TestAr
 
 
 def check_train_args(graph: MaseGraph, args: TrainArgs, path: str, earlier: list[str] = ()) -> None:
-    """Refuse a train step whose ``load_name`` file does not exist."""
+    """Refuse a train step whose ``load_name`` file does not exist, or whose trainer this machine cannot run."""
     if args.load_name is not None and not Path(args.load_name).is_file():
         raise ConfigError(join(path, "load_name"), f"no such file: {args.load_name}")
+    check_accelerator(args.settings(graph.context.training, path), join(path, "trainer"))
 
 
 def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
