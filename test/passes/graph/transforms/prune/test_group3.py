@@ -24,6 +24,12 @@ and the test checks, per case:
 - the decoded model's test accuracy is above `ACCURACY_FLOOR`
   (`RANDOM_WEIGHT_ACCURACY_FLOOR` for random weight pruning).
 
+It also runs the seed's config files themselves through ``ch transform``
+(VGG7, fixed point, Huffman) on a slice of colored Fashion-MNIST: the
+shipped ``vgg_cifar10_prune_retrain.toml`` and ``prune_retrain_group3.toml``,
+and the group's own ``group3.toml`` as they wrote it, with a checkpoint at
+its ``load_name``, whose first prune step must mask the loaded weights.
+
 Run with ``python -m pytest test/passes/graph/transforms/prune/test_group3.py``
 or as a script: ``python test/passes/graph/transforms/prune/test_group3.py``.
 """
