@@ -12,8 +12,9 @@ import torch
 
 from machop.actions.common import run_dir
 from machop.actions.transform import plan
-from machop.cli import main
 from machop.config import MAX_NAME_LENGTH, ConfigError, check_name, load_config
+
+from test_cli import run_cli
 
 TRAIN_TABLE = "[passes.train.training]\nmax_epochs = 1\n"
 FROZEN = "20240101-000000"
@@ -30,15 +31,6 @@ def load_error(tmp_path: Path, text: str | bytes) -> ConfigError:
         plan(load_config(path))
     assert len(str(e.value).splitlines()) == 1
     return e.value
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """``ch ARGV`` in this process: the exit code and stderr."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 BAD_VALUES = [
