@@ -80,21 +80,31 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys, monkeypatch):
-    _, toml_text, extra, expected = case
-    monkeypatch.chdir(tmp_path)
+def refused_transform(config: str | bytes | None, extra: list[str], tmp_path, capsys) -> str:
+    """``ch transform`` with ``config`` written as ``c.toml`` (None: no file) in the working directory.
+
+    Asserts it exits 2 with exactly one line, no traceback and no run
+    folder; returns that line.
+    """
     argv = ["transform", "--project-dir", str(tmp_path / "out")]
-    if toml_text is not None:
-        (tmp_path / "c.toml").write_text(toml_text)
+    if config is not None:
+        path = tmp_path / "c.toml"
+        path.write_bytes(config) if isinstance(config, bytes) else path.write_text(config)
         argv += ["--config", "c.toml"]
     code, err = run_cli(argv + extra, capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert expected in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys, monkeypatch):
+    _, toml_text, extra, expected = case
+    monkeypatch.chdir(tmp_path)
+    assert expected in refused_transform(toml_text, extra, tmp_path, capsys)
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
