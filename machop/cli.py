@@ -6,12 +6,16 @@ Imports nothing heavy at start-up so that `./ch setup` runs before torch is inst
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from machop.config import ConfigError, choices
+from machop.config import ConfigError, choices, one_line
+from machop.files import BadFileError
 
 ACTIONS = {
     "setup": "install dependencies and the Fashion-MNIST data (apt + pip); fast when done already",
@@ -146,6 +150,59 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return {key: getattr(args, key) for key in RUN_OPTIONS}
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; raised where the program was, so that ``finally`` blocks clean up.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception``
+    does not swallow it; unlike KeyboardInterrupt, Lightning passes it on
+    (it turns KeyboardInterrupt into ``sys.exit(1)``).
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` for the duration; further signals wait until cleanup is done."""
+
+    def handler(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+EXIT_ENVIRONMENT, EXIT_BAD_INPUT = 1, 2
+
+
+def failure(e: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) of an expected failure; None for anything else (a bug: its traceback shows).
+
+    2: bad input (a config value, a file that cannot be used); 1: the
+    environment (a full disk, no permission, out of memory); 128 + N: signal N.
+    """
+    if isinstance(e, Interrupted):
+        return 128 + e.signum, f"interrupted by {signal.Signals(e.signum).name}"
+    if isinstance(e, KeyboardInterrupt):
+        return 128 + signal.SIGINT, "interrupted"
+    if isinstance(e, (ConfigError, BadFileError)):
+        return EXIT_BAD_INPUT, str(e)
+    if isinstance(e, MemoryError):
+        return EXIT_ENVIRONMENT, "out of memory"
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f": {e.filename}" if e.filename is not None else ""
+        return EXIT_ENVIRONMENT, f"{e.strerror or errno.errorcode.get(e.errno, e.errno)}{where}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,15 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         return setup(dev=args.dev)
     overrides = overrides_from_args(args)
     try:
-        from machop.actions.run import run_action  # imports torch: not before `ch setup` has installed it
+        with interruptible():
+            from machop.actions.run import run_action  # imports torch: not before `ch setup` has installed it
 
-        return run_action(args.action, args.config, overrides, progress=not args.no_progress)
-    except ConfigError as e:
-        if overrides.get(e.key) is not None and e.key in RUN_OPTIONS:
+            return run_action(args.action, args.config, overrides, progress=not args.no_progress)
+    except BaseException as e:
+        known = failure(e)
+        if known is None:
+            raise
+        code, message = known
+        if isinstance(e, ConfigError) and overrides.get(e.key) is not None and e.key in RUN_OPTIONS:
             typed = option_names(args).get(e.key) or RUN_OPTIONS[e.key][0][0]
-            e = ConfigError(typed, e.message)  # name the option the user typed
-        print(f"ch {args.action}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"ch {args.action}: interrupted", file=sys.stderr)
-        return 130
+            message = str(ConfigError(typed, e.message))  # name the option the user typed
+        print(f"ch {args.action}: error: {one_line(message)}", file=sys.stderr)
+        return code

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from machop.config import Config, ConfigError
+from machop.files import output_problem
 from machop.datasets import DATASETS, MaseDataModule, get_dataset_info
 from machop.ir import MaseGraph, PassContext
 from machop.ir.serialize import load_model
@@ -79,6 +80,13 @@ def build_graph(config: Config, progress: bool = True) -> MaseGraph:
         ctx.loaded_from = config.load_name
     graph.dummy_input = torch.zeros(2, info.in_channels, *info.image_size)
     return graph
+
+
+def check_output_dir(config: Config) -> None:
+    """Refuse, before any work and without creating anything, a ``project_dir`` no run folder can be made in."""
+    problem = output_problem(Path(config.project_dir) / config.project, folder=True)
+    if problem is not None:
+        raise ConfigError("project_dir", problem)
 
 
 def is_rank_zero() -> bool:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 import torch
 from torch import nn
 
 from machop.config import ConfigError, TrainSettings, join
+from machop.files import atomic_write
 
 from .module import MaseLightningModule
 
@@ -52,6 +54,15 @@ def check_accelerator(s: TrainSettings, path: str = "") -> None:
                                                    "on a CPU use 'bf16-mixed' or '32-true'")
 
 
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through `atomic_write`: an interrupted or failed save leaves no partial file."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported")
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
 def build_trainer(
     s: TrainSettings, callbacks: list | None = None, checkpointing: bool = False, progress: bool = True
 ) -> pl.Trainer:
@@ -72,6 +83,7 @@ def build_trainer(
         log_every_n_steps=s.log_every_n_steps,
         num_sanity_val_steps=0,  # the validation loop is ours and fixed; a sanity pass costs a validation batch
         callbacks=callbacks or [],
+        plugins=[_AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,
         enable_checkpointing=checkpointing,
