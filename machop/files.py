@@ -22,7 +22,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object] | 
 
     ``write`` is the content (bytes, or str as UTF-8) or a function that
     writes into the open binary file. The file gets the usual permissions
-    (0666 less the umask), not mkstemp's private 0600.
+    (0666 less the umask), not mkstemp's private 0600. An OSError (a full
+    disk) names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +39,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object] | 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename in (None, tmp):
+            e.filename = str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -84,7 +84,8 @@ def build_graph(config: Config, progress: bool = True) -> MaseGraph:
 
 def check_output_dir(config: Config) -> None:
     """Refuse, before any work and without creating anything, a ``project_dir`` no run folder can be made in."""
-    problem = output_problem(Path(config.project_dir) / config.project, folder=True)
+    root = Path(config.project_dir)
+    problem = output_problem(root, folder=True) or output_problem(root / config.project, folder=True)
     if problem is not None:
         raise ConfigError("project_dir", problem)
 

@@ -7,6 +7,7 @@ processes.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -55,12 +56,18 @@ def check_accelerator(s: TrainSettings, path: str = "") -> None:
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer through `atomic_write`: an interrupted or failed save leaves no partial file."""
+    """Lightning's checkpoint writer through `atomic_write`: an interrupted or failed save leaves no partial file.
+
+    The checkpoint is serialised in memory first: torch.save's zip writer
+    turns a full disk into a RuntimeError, a plain write keeps the OSError.
+    """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError("storage_options are not supported")
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, buffer.getvalue())
 
 
 def build_trainer(
