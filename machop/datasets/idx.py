@@ -7,11 +7,17 @@ dimensions ``d``, then ``d`` big-endian uint32 sizes and the row-major data.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import struct
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from machop.files import open_regular
 
 _DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -28,29 +34,75 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
+MAX_IDX_BYTES = 1 << 30
+"""The most data one IDX file may hold (MNIST's training images: 47 MB; EMNIST's largest: 550 MB)."""
+MAX_GZIP_RATIO = 64
+"""A gzipped IDX file may hold at most this many times its size, or `GZIP_FLOOR` bytes if more."""
+GZIP_FLOOR = 64 << 20
+_CHUNK = 1 << 20
+
+
+def _read_exactly(stream: BinaryIO, out: memoryview, path: Path, what: str) -> None:
+    """Fill ``out`` from ``stream`` in chunks; ValueError if the stream ends first."""
+    done = 0
+    while done < len(out):
+        n = stream.readinto(out[done : done + _CHUNK])
+        if not n:
+            raise ValueError(f"{path}: IDX {what} truncated: {done} of {len(out)} bytes present")
+        done += n
+
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (plain or gzip, told apart by content) into a numpy array."""
+    """Read one IDX file (plain or gzip, told apart by content) into a numpy array.
+
+    The header is read first and every size it claims is checked before
+    anything is allocated: a plain file must be exactly as long as its
+    header says; a gzipped one is decompressed only up to the size its
+    header claims (and refused if less or more data is there), within
+    `MAX_IDX_BYTES` and `MAX_GZIP_RATIO` times its compressed size.
+    """
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream: BinaryIO = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+            return _read_idx_stream(stream, path, size, gz)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise ValueError(f"{path}: corrupt gzip data ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
-    dtype, ndim = _DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+        finally:
+            if gz:
+                stream.close()
+
+
+def _read_idx_stream(stream: BinaryIO, path: Path, size: int, gz: bool) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic {head.hex()})")
+    dtype, ndim = _DTYPES[head[2]], head[3]
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise ValueError(f"{path}: IDX header truncated")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
+    shape = struct.unpack(f">{ndim}I", dims)
+    header = 4 + 4 * ndim
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: IDX header claims shape {shape} ({nbytes} bytes), more than the "
+                         f"{MAX_IDX_BYTES >> 20} MiB machop reads from one file")
+    if not gz and header + nbytes != size:
         raise ValueError(
-            f"{path}: IDX size mismatch: header says {expected} bytes for shape {shape}, file has {len(raw)}"
+            f"{path}: IDX size mismatch: header says {header + nbytes} bytes for shape {shape}, file has {size}"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    if gz and header + nbytes > max(GZIP_FLOOR, MAX_GZIP_RATIO * size):
+        raise ValueError(f"{path}: IDX header claims shape {shape} ({nbytes} bytes) from {size} bytes of gzip "
+                         f"data, more than {MAX_GZIP_RATIO} times that; refused as a gzip bomb")
+    out = np.empty(shape, dtype=dtype)
+    _read_exactly(stream, memoryview(out.reshape(-1).view(np.uint8)), path, "data")
+    if gz and stream.read(1):
+        raise ValueError(f"{path}: IDX size mismatch: more data follows the {header + nbytes} bytes "
+                         f"its header claims for shape {shape}")
+    return out
 
 
 def find_idx_file(directory: Path, stem: str) -> Path | None:
@@ -79,4 +131,4 @@ def load_idx_split(directory: str | Path, split: str) -> tuple[torch.Tensor, tor
         raise ValueError(f"{paths[1]}: expected uint8 labels (N,), got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels in the {split} split")
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

@@ -36,6 +36,8 @@ from .registry import get_dataset_spec
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 10.0
+MAX_DOWNLOAD_BYTES = 512 << 20
+"""The most one download may write (the largest official file, CIFAR-10's archive, is 163 MiB)."""
 ENV_VAR = "MACHOP_DATA_DIR"
 
 
@@ -155,16 +157,27 @@ def download_dir(source: Source, data_dir: str | os.PathLike | None) -> Path:
     return Path(env).expanduser() / source.name if env else source.default_dir()
 
 
-def fetch(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Download ``url`` to ``dest`` atomically, checking its MD5; `DownloadError` on any failure."""
+def fetch(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S, limit: int = MAX_DOWNLOAD_BYTES) -> None:
+    """Download ``url`` to ``dest`` atomically, checking its MD5; `DownloadError` on any failure.
+
+    At most ``limit`` bytes are written: a server sending more is cut off
+    (and the partial file removed) before it can fill the disk.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.md5()
+    written = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as f:
             while chunk := response.read(1 << 20):
+                written += len(chunk)
+                if written > limit:
+                    raise DownloadError(f"{url}: more than {limit >> 20} MiB, larger than any official file")
                 digest.update(chunk)
                 f.write(chunk)
+    except DownloadError:
+        part.unlink(missing_ok=True)
+        raise
     except OSError as e:  # URLError, HTTPError, timeouts, disk errors
         part.unlink(missing_ok=True)
         raise DownloadError(f"{url}: {getattr(e, 'reason', None) or e}") from None
