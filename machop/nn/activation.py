@@ -6,10 +6,36 @@ import torch
 from torch import nn
 
 from .ranking import lowest_k_mask, prune_count
-from .rebuild import rebuildable
+from .rebuild import RebuildError, Schema, check_how, check_int, check_number, check_tensor, is_int, rebuildable, short
 
 
-@rebuildable
+_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
+    if "channel_dim" in spec:
+        check_int(spec, "channel_dim", -64, 64, where)
+    if "channel_how" in spec:
+        check_how(spec["channel_how"], "channel_how", where)
+    stages = spec.get("stages", [])
+    if stages is not None:
+        if not isinstance(stages, list) or len(stages) > 1000:
+            raise RebuildError(f"{where}: stages must be a list of at most 1000 tables")
+        for i, stage in enumerate(stages):
+            check_how(stage, f"stages[{i}]", where)
+            if stage.get("rank") not in ("magnitude", "random"):
+                raise RebuildError(f"{where}: stages[{i}].rank must be 'magnitude' or 'random', got {short(stage.get('rank'))}")
+            check_number(stage.get("sparsity"), f"stages[{i}].sparsity", 0, 1, where)
+            if stage["rank"] == "random":
+                seed = stage.get("seed")
+                if not is_int(seed) or not _SEEDS[0] <= seed <= _SEEDS[1]:
+                    raise RebuildError(f"{where}: stages[{i}].seed must be a 64-bit integer, got {short(seed)}")
+    if tensors.get("channel_mask") is not None:
+        check_tensor(tensors["channel_mask"], "channel_mask", where, kind="bool", ndim=1)
+
+
+@rebuildable(schema=Schema(spec=frozenset({"channel_dim", "stages", "channel_how"}), tensors=frozenset({"channel_mask"}),
+                            check=_check_saved))
 class ActivationPrune(nn.Module):
     """Zero part of a layer's input: a static channel mask, then per-sample elementwise stages.
 

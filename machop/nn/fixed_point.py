@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .rebuild import rebuildable
+from .rebuild import Schema, check_int, rebuildable
 
 MAX_WIDTH = 16
 MAX_FRAC_WIDTH = 32
@@ -64,7 +64,13 @@ def quantize_fixed_point(x: torch.Tensor, width: int, frac_width: int) -> torch.
     return _FixedPointSTE.apply(x, width, frac_width)
 
 
-@rebuildable
+def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
+    check_int(spec, "width", 1, MAX_WIDTH, where)
+    check_int(spec, "frac_width", 0, MAX_FRAC_WIDTH, where)
+
+
+@rebuildable(schema=Schema(spec=frozenset({"width", "frac_width"}), required_spec=frozenset({"width", "frac_width"}),
+                            check=_check_saved))
 class FixedPoint(nn.Module):
     """``x -> quantize_fixed_point(x, width, frac_width)``.
 

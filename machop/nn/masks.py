@@ -12,11 +12,18 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .rebuild import rebuildable
+from .rebuild import Schema, check_how, check_tensor, rebuildable
 from .weights import Weight, register
 
 
-@rebuildable
+def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
+    if "how" in spec:
+        check_how(spec["how"], "how", where)
+    check_tensor(tensors["mask"], "mask", where, kind="bool", shape=None if target is None else target.shape)
+
+
+@rebuildable(schema=Schema(spec=frozenset({"how"}), tensors=frozenset({"mask"}), required_tensors=frozenset({"mask"}),
+                            check=_check_saved))
 class WeightMask(nn.Module):
     """Parametrization ``X -> X * mask`` with ``mask`` a bool buffer of X's shape.
 

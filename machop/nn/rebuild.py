@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -29,10 +30,33 @@ class RebuildError(ValueError):
     """A saved class record (class name, spec, tensors) that cannot be re-created; one line."""
 
 
-def rebuildable(cls: type[nn.Module]) -> type[nn.Module]:
-    """Class decorator: allow ``cls`` to be named in a saved file."""
-    REBUILDABLE[cls.__name__] = cls
-    return cls
+@dataclass(frozen=True)
+class Schema:
+    """What a saved record of a class may hold: spec keys, tensor names (and which are required), a value check.
+
+    ``check(spec, tensors, target, where)`` raises `RebuildError`; ``target``
+    is the tensor a parametrization sits on, or None.
+    """
+
+    spec: frozenset[str] = frozenset()
+    required_spec: frozenset[str] = frozenset()
+    tensors: frozenset[str] = frozenset()
+    required_tensors: frozenset[str] = frozenset()
+    check: Callable[[dict, dict, "torch.Tensor | None", str], None] | None = None
+
+
+def rebuildable(cls: type[nn.Module] | None = None, *, schema: Schema | None = None):
+    """Class decorator: allow ``cls`` to be named in a saved file (``@rebuildable`` or ``@rebuildable(schema=...)``).
+
+    Without a schema, a record is checked against the constructor's signature.
+    """
+
+    def register(c: type[nn.Module]) -> type[nn.Module]:
+        REBUILDABLE[c.__name__] = c
+        c.saved_schema = schema
+        return c
+
+    return register(cls) if cls is not None else register
 
 
 def is_rebuildable(module: nn.Module) -> bool:
@@ -59,22 +83,25 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (JSON's true would pass ``isinstance(v, int)``)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int_in(spec: dict, key: str, lo: int, hi: int, where: str) -> None:
+def check_int(spec: dict, key: str, lo: int, hi: int, where: str) -> None:
+    """`RebuildError` unless ``spec[key]`` is an integer in ``[lo, hi]``."""
     v = spec[key]
-    if not _is_int(v) or not lo <= v <= hi:
+    if not is_int(v) or not lo <= v <= hi:
         raise RebuildError(f"{where}: {key} must be an integer in [{lo}, {hi}], got {short(v)}")
 
 
-def _number_in(v: Any, key: str, lo: float, hi: float, where: str) -> None:
+def check_number(v: Any, key: str, lo: float, hi: float, where: str) -> None:
+    """`RebuildError` unless ``v`` is a number in ``[lo, hi]`` (not NaN)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool) or (isinstance(v, float) and math.isnan(v)) or not lo <= v <= hi:
         raise RebuildError(f"{where}: {key} must be a number in [{lo}, {hi}], got {short(v)}")
 
 
-def _how(how: Any, key: str, where: str) -> None:
+def check_how(how: Any, key: str, where: str) -> None:
     """A record of how a mask was made: a table; scope/granularity/method text, target a number."""
     if not isinstance(how, dict):
         raise RebuildError(f"{where}: {key} must be a table, got {type(how).__name__}")
@@ -82,11 +109,12 @@ def _how(how: Any, key: str, where: str) -> None:
         if how.get(k) is not None and not isinstance(how[k], str):
             raise RebuildError(f"{where}: {key}.{k} must be text, got {short(how[k])}")
     if how.get("target") is not None:
-        _number_in(how["target"], f"{key}.target", 0, 1, where)
+        check_number(how["target"], f"{key}.target", 0, 1, where)
 
 
-def _tensor(t: torch.Tensor, name: str, where: str, *, kind: str, ndim: int | None = None,
-            shape: torch.Size | None = None) -> None:
+def check_tensor(t: torch.Tensor, name: str, where: str, *, kind: str, ndim: int | None = None,
+                 shape: torch.Size | None = None) -> None:
+    """`RebuildError` unless ``t`` is of ``kind`` (bool, int, float) and has ``ndim`` dimensions or ``shape``."""
     ok = {
         "bool": t.dtype == torch.bool,
         "int": not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool,
@@ -100,77 +128,16 @@ def _tensor(t: torch.Tensor, name: str, where: str, *, kind: str, ndim: int | No
         raise RebuildError(f"{where}: tensor {name} has shape {list(t.shape)}, the tensor it sits on {list(shape)}")
 
 
-def _check_weight_mask(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
-    if "how" in spec:
-        _how(spec["how"], "how", where)
-    _tensor(tensors["mask"], "mask", where, kind="bool", shape=None if target is None else target.shape)
-
-
-def _check_kmeans(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
-    bits = spec.get("bits")
-    if bits is not None:
-        _int_in(spec, "bits", 1, 16, where)
-    centroids, index, mask = tensors["centroids"], tensors["index"], tensors["mask"]
-    _tensor(centroids, "centroids", where, kind="float", ndim=1)
-    _tensor(mask, "mask", where, kind="bool", shape=None if target is None else target.shape)
-    _tensor(index, "index", where, kind="int", shape=mask.shape)
-    k = centroids.numel()
-    if not 1 <= k <= 2 ** (bits or 16):
-        raise RebuildError(f"{where}: {k} centroids, expected 1 to {2 ** (bits or 16)}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= k):
-        raise RebuildError(f"{where}: index values outside 0..{k - 1} (the centroids)")
-
-
-def _check_fixed_point(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
-    from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH
-
-    _int_in(spec, "width", 1, MAX_WIDTH, where)
-    _int_in(spec, "frac_width", 0, MAX_FRAC_WIDTH, where)
-
-
-_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
-
-
-def _check_activation(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
-    if "channel_dim" in spec:
-        _int_in(spec, "channel_dim", -64, 64, where)
-    if "channel_how" in spec:
-        _how(spec["channel_how"], "channel_how", where)
-    stages = spec.get("stages", [])
-    if stages is not None:
-        if not isinstance(stages, list) or len(stages) > 1000:
-            raise RebuildError(f"{where}: stages must be a list of at most 1000 tables")
-        for i, stage in enumerate(stages):
-            _how(stage, f"stages[{i}]", where)
-            if stage.get("rank") not in ("magnitude", "random"):
-                raise RebuildError(f"{where}: stages[{i}].rank must be 'magnitude' or 'random', got {short(stage.get('rank'))}")
-            _number_in(stage.get("sparsity"), f"stages[{i}].sparsity", 0, 1, where)
-            if stage["rank"] == "random":
-                seed = stage.get("seed")
-                if not _is_int(seed) or not _SEEDS[0] <= seed <= _SEEDS[1]:
-                    raise RebuildError(f"{where}: stages[{i}].seed must be a 64-bit integer, got {short(seed)}")
-    if tensors.get("channel_mask") is not None:
-        _tensor(tensors["channel_mask"], "channel_mask", where, kind="bool", ndim=1)
-
-
-# class name → (spec keys allowed, spec keys required, tensors allowed, tensors required, value check)
-_SCHEMAS: dict[str, tuple[set, set, set, set, Callable]] = {
-    "WeightMask": ({"how"}, set(), {"mask"}, {"mask"}, _check_weight_mask),
-    "KMeansWeight": ({"bits"}, set(), {"centroids", "index", "mask"}, {"centroids", "index", "mask"}, _check_kmeans),
-    "FixedPoint": ({"width", "frac_width"}, {"width", "frac_width"}, set(), set(), _check_fixed_point),
-    "ActivationPrune": ({"channel_dim", "stages", "channel_how"}, set(), {"channel_mask"}, set(), _check_activation),
-}
-
-
 def _constructor_args(cls: type[nn.Module]) -> list[inspect.Parameter]:
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     return [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _schema_of(cls: type[nn.Module]) -> tuple[set, set, set, set, Callable | None]:
-    """machop's own classes have a schema above; another registered class is checked by its signature."""
-    if cls.__name__ in _SCHEMAS and cls.__module__.startswith("machop.nn."):
-        return _SCHEMAS[cls.__name__]
+    """The class's `Schema`; a class registered without one is checked by its constructor's signature."""
+    schema = getattr(cls, "saved_schema", None)
+    if schema is not None:
+        return schema.spec, schema.required_spec, schema.tensors, schema.required_tensors, schema.check
     names = {p.name for p in _constructor_args(cls)}
     required = {p.name for p in _constructor_args(cls) if p.default is p.empty}
     return names, required, names, set(), None  # spec or tensor: not known, so required means in either

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .rebuild import rebuildable
+from .rebuild import RebuildError, Schema, check_int, check_tensor, rebuildable
 
 
 def index_dtype(n_codes: int) -> torch.dtype:
@@ -19,7 +19,23 @@ def index_dtype(n_codes: int) -> torch.dtype:
     return torch.int32
 
 
-@rebuildable
+def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
+    bits = spec.get("bits")
+    if bits is not None:
+        check_int(spec, "bits", 1, 16, where)
+    centroids, index, mask = tensors["centroids"], tensors["index"], tensors["mask"]
+    check_tensor(centroids, "centroids", where, kind="float", ndim=1)
+    check_tensor(mask, "mask", where, kind="bool", shape=None if target is None else target.shape)
+    check_tensor(index, "index", where, kind="int", shape=mask.shape)
+    k = centroids.numel()
+    if not 1 <= k <= 2 ** (bits or 16):
+        raise RebuildError(f"{where}: {k} centroids, expected 1 to {2 ** (bits or 16)}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= k):
+        raise RebuildError(f"{where}: index values outside 0..{k - 1} (the centroids)")
+
+
+@rebuildable(schema=Schema(spec=frozenset({"bits"}), tensors=frozenset({"centroids", "index", "mask"}),
+                            required_tensors=frozenset({"centroids", "index", "mask"}), check=_check_saved))
 class KMeansWeight(nn.Module):
     """Parametrization returning ``centroids[index] * mask``; its input is ignored.
 
