@@ -192,7 +192,7 @@ FILE_CASES = [
      "CRC mismatch"),
     ("mchz-trailing", HUFFMAN_FILE, None, {"m.mchz": lambda p: good_mchz() + b"\0"}, "1 unexpected trailing bytes"),
     ("mchz-other-model", ["test", "--model", "lenet300", "--load", "m.mchz", "--load-type", "huffman"], None,
-     {"m.mchz": lambda p: good_mchz()}, "--load: m.mchz holds a lenet5, not lenet300"),
+     {"m.mchz": lambda p: good_mchz()}, "--load: m.mchz: file holds a lenet5, not the lenet300 asked for"),
     ("mchz-directory", ["test", *LENET5, "--load", "d", "--load-type", "huffman"], None, {"d/x": b""},
      "--load: d is a directory"),
     ("decode-missing", ["transform"], "[passes.huffman_decode]\npath = 'none.mchz'\n", {},

@@ -44,13 +44,21 @@ from .format import CompressedFileError
 MAX_CODE_LENGTH = 32  # longest code; keeps a code and its in-word offset inside one 64-bit window
 MAX_SYMBOLS = 1 << 16  # largest alphabet
 TABLE_BITS = 16  # the decoder's direct lookup table covers codes up to this length
-MIN_BLOCK, MAX_BLOCK = 64, 1024  # symbols per decode block
+MIN_BLOCK, MAX_BLOCK = 64, 1024  # symbols per decode block (what the writer picks)
+# The largest block a reader accepts: decoding takes `block` Python steps per group of 2048 blocks, so a stream
+# of 2^20 symbols in one block of 2^20 took 13.8 s (0.08 s with blocks of 4096, 0.04 s with the writer's 1024).
+MAX_BLOCK_LIMIT = 1 << 12
 _CHUNK = 1 << 17  # symbols per encode chunk (temporaries stay in cache)
 _LANE_GROUP = 2048  # blocks decoded together
 _DENSE_RANGE = 1 << 22  # symbol value ranges up to this use a direct lookup table instead of a sort
 _U64 = np.uint64
 LENGTH_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVW"  # code length 0..32 as one character
 _DIGIT_VALUE = {c: i for i, c in enumerate(LENGTH_DIGITS)}
+_DIGIT_BASE = np.full(128, 255, dtype=np.uint8)  # ASCII -> code length (255: not a digit)
+_DIGIT_BASE[np.frombuffer(LENGTH_DIGITS.encode(), dtype=np.uint8)] = np.arange(len(LENGTH_DIGITS), dtype=np.uint8)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_COUNT = 1 << 40  # symbols in one stream (a weight of a trillion entries)
+MAX_SYNC_WIDTH = 48
 
 
 # --------------------------------------------------------------------------- code construction
@@ -186,20 +194,37 @@ class HuffmanTable:
 
     @classmethod
     def from_json(cls, obj: dict) -> "HuffmanTable":
-        """Inverse of `to_json`; ValueError if malformed."""
-        runs, digits = obj["symbols"], obj["lengths"]
+        """Inverse of `to_json`; ValueError if malformed.
+
+        Cheap on hostile input: the runs are checked (integers, ``first`` and
+        the run's last symbol within int64, ascending, not overlapping, at most
+        `MAX_SYMBOLS` symbols in all) before any array is made.
+        """
+        if not isinstance(obj, dict):
+            raise ValueError("code table must be an object")
+        runs, digits = obj.get("symbols"), obj.get("lengths")
         if not isinstance(digits, str) or not isinstance(runs, list):
             raise ValueError("code table must have a 'symbols' list and a 'lengths' string")
-        parts = []
+        if len(runs) > MAX_SYMBOLS or len(digits) > MAX_SYMBOLS:
+            raise ValueError(f"code table has more than {MAX_SYMBOLS} symbols")
+        total, prev_last = 0, None
         for run in runs:
-            first, count = (int(v) for v in run)
-            if count < 1 or count > MAX_SYMBOLS:
-                raise ValueError("bad symbol run")
-            parts.append(np.arange(first, first + count, dtype=np.int64))
-        symbols = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        if any(c not in _DIGIT_VALUE for c in digits) or len(digits) != symbols.size:
+            if not isinstance(run, list) or len(run) != 2 or not all(type(v) is int for v in run):
+                raise ValueError("bad symbol run (not [first, count] integers)")
+            first, count = run
+            if not 1 <= count <= MAX_SYMBOLS or not _INT64_MIN <= first <= _INT64_MAX - (count - 1):
+                raise ValueError("bad symbol run (count or symbols out of range)")
+            if prev_last is not None and first <= prev_last:
+                raise ValueError("symbol runs must be ascending and must not overlap")
+            total += count
+            if total > MAX_SYMBOLS:
+                raise ValueError(f"code table has more than {MAX_SYMBOLS} symbols")
+            prev_last = first + count - 1
+        if len(digits) != total or any(c not in _DIGIT_VALUE for c in digits):
             raise ValueError("code lengths do not match the symbols")
-        return cls(symbols, np.array([_DIGIT_VALUE[c] for c in digits], dtype=np.int64))
+        parts = [np.arange(count, dtype=np.int64) + np.int64(first) for first, count in runs]
+        symbols = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return cls(symbols, _DIGIT_BASE[np.frombuffer(digits.encode("ascii"), dtype=np.uint8)])
 
     # -------------------------------------------------------------- derived
     @property
@@ -395,25 +420,58 @@ class EncodedStream:
     def data(self) -> bytes:
         return self.payload + self.sync
 
-    @classmethod
-    def from_parts(cls, meta: dict, data: bytes) -> "EncodedStream":
-        """Inverse of `meta` / `data`; CompressedFileError if they are inconsistent."""
+    @staticmethod
+    def check_meta(meta: dict, max_count: int | None = None) -> tuple[HuffmanTable, int, int, int, int, int, int]:
+        """``(table, count, nbits, block, sync_base, sync_width, bytes)`` of a stream description, all checked.
+
+        Nothing is allocated but the code table (at most `MAX_SYMBOLS`
+        entries): integer fields and their ranges (``count <= max_count``
+        when given, and at most `MAX_COUNT`; ``block`` in [1, 4096];
+        ``sync_width`` <= 48; ``sync_base`` <= ``nbits``), the code table, and
+        that ``count`` symbols fit ``nbits``: none with no symbols,
+        ``nbits == 0`` with one (its count is then bounded only by
+        ``max_count``), ``count * shortest <= nbits <= count * longest`` with
+        two or more. ``bytes`` is what the payload and sync table must take.
+        CompressedFileError if anything is off.
+        """
         try:
+            if not isinstance(meta, dict):
+                raise TypeError("not an object")
             table = HuffmanTable.from_json(meta)
-            count, nbits, block = int(meta["count"]), int(meta["nbits"]), int(meta["block"])
-            base, width = int(meta["sync_base"]), int(meta["sync_width"])
+            fields = [meta[k] for k in ("count", "nbits", "block", "sync_base", "sync_width")]
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CompressedFileError(f"bad stream description: {e}") from None
-        if count < 0 or nbits < 0 or not 1 <= block <= 1 << 20 or base < 0 or not 0 <= width <= 48:
+        if not all(type(v) is int for v in fields):
+            raise CompressedFileError("bad stream description: count, nbits, block and sync fields must be integers")
+        count, nbits, block, base, width = fields
+        limit = MAX_COUNT if max_count is None else min(MAX_COUNT, max_count)
+        if not 0 <= count <= limit:
+            raise CompressedFileError(f"bad stream description: {count} symbols, at most {limit} fit")
+        if not 0 <= nbits <= count * MAX_CODE_LENGTH or not 1 <= block <= MAX_BLOCK_LIMIT or not 0 <= base <= nbits \
+                or not 0 <= width <= MAX_SYNC_WIDTH:
             raise CompressedFileError("bad stream description: field out of range")
-        if (count == 0) != (table.symbols.size == 0):
+        n = table.symbols.size
+        if (count == 0) != (n == 0):
             raise CompressedFileError("bad stream description: symbol table does not match the count")
-        if nbits > count * max(table.max_length, 1) or (table.max_length and nbits < count):
+        shortest = int(table.lengths.min()) if n else 0
+        if nbits < count * shortest or nbits > count * table.max_length:
             raise CompressedFileError("bad stream description: bit count does not match the symbol count")
+        nbytes = (nbits + 7) // 8 + ((max(1, -(-count // block)) - 1) * width + 7) // 8
+        return table, count, nbits, block, base, width, nbytes
+
+    @classmethod
+    def from_parts(cls, meta: dict, data: bytes, max_count: int | None = None) -> "EncodedStream":
+        """Inverse of `meta` / `data`; CompressedFileError if they are inconsistent.
+
+        `check_meta` first (nothing allocated), then ``data`` must be exactly
+        the payload and sync table it claims. So a stream of two or more
+        symbols never holds more than ``8 * len(data)`` symbols, and one of
+        one symbol no more than ``max_count``.
+        """
+        table, count, nbits, block, base, width, nbytes = cls.check_meta(meta, max_count)
+        if len(data) != nbytes:
+            raise CompressedFileError(f"stream has {len(data)} bytes, expected {nbytes}")
         n_payload = (nbits + 7) // 8
-        n_sync = ((max(1, -(-count // block)) - 1) * width + 7) // 8
-        if len(data) != n_payload + n_sync:
-            raise CompressedFileError(f"stream has {len(data)} bytes, expected {n_payload + n_sync}")
         return cls(table, count, nbits, bytes(data[:n_payload]), block, base, width, bytes(data[n_payload:]))
 
 
@@ -436,8 +494,8 @@ def encode(data: np.ndarray, table: HuffmanTable | None = None, block: int | Non
     data = _as_int64(data)
     n = data.size
     block = default_block(n) if block is None else int(block)
-    if not 1 <= block <= 1 << 20:
-        raise ValueError(f"block must be in [1, {1 << 20}], got {block}")
+    if not 1 <= block <= MAX_BLOCK_LIMIT:
+        raise ValueError(f"block must be in [1, {MAX_BLOCK_LIMIT}], got {block}")
     idx = None
     if table is None:
         if n == 0:
@@ -488,13 +546,17 @@ def decode(stream: EncodedStream) -> np.ndarray:
         return np.full(n, table.symbols[0], dtype=np.int64)
     K, M = stream.block, stream.n_blocks
     rel = _read_fixed(stream.sync, M - 1, stream.sync_width)
-    bounds = np.empty(M + 1, dtype=np.int64)  # where each block starts, and the end of the payload
-    bounds[0], bounds[M] = 0, stream.nbits
-    np.cumsum(rel + stream.sync_base, out=bounds[1:M])
-    if bounds[M - 1] > stream.nbits:
-        raise CompressedFileError("Huffman stream is corrupt (sync table beyond the payload)")
+    shortest, longest = int(table.lengths.min()), table.max_length
     steps = min(K, n)
     last = n - (M - 1) * K  # symbols in the last block
+    block_bits = rel + stream.sync_base  # each full block's length: K codes, so within [K * shortest, K * longest]
+    if M > 1 and (block_bits.min() < K * shortest or block_bits.max() > K * longest):
+        raise CompressedFileError("Huffman stream is corrupt (a sync table entry does not fit its block)")
+    bounds = np.empty(M + 1, dtype=np.int64)  # where each block starts, and the end of the payload
+    bounds[0], bounds[M] = 0, stream.nbits
+    np.cumsum(block_bits, out=bounds[1:M])  # at most count * 32: no overflow
+    if not last * shortest <= stream.nbits - bounds[M - 1] <= last * longest:
+        raise CompressedFileError("Huffman stream is corrupt (sync table beyond the payload)")
     canon_sym = table._decoder_table()[4]
     out = np.empty(n, dtype=np.int64)
     for g0 in range(0, M, _LANE_GROUP):  # groups of blocks keep each step's reads within cache

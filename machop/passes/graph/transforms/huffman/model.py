@@ -31,13 +31,16 @@ registry model needs only its name, decoding your own model takes the model
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from machop.datasets import DatasetInfo
 from machop.ir import ArchitectureMismatch, MaseGraph, PassContext
 from machop.ir.serialize import (
     apply_structure,
@@ -48,10 +51,12 @@ from machop.ir.serialize import (
     same_signature,
     state_signature,
 )
-from machop.nn import WeightCodes, dense_parameter_count, has_compression, load_weight_codes, weight_codes
+from machop.models import MODELS, get_model
+from machop.nn import REBUILDABLE, WeightCodes, dense_parameter_count, has_compression, load_weight_codes, weight_codes
 
 from . import codec
-from .format import CompressedFileError, pack_container, unpack_container
+from .format import CompressedFileError, ContainerFile, pack_container, unpack_container, unpack_header
+from .format import read_container_header
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +115,6 @@ def _tensor_from(data: bytes, shape: list[int], dtype: str) -> torch.Tensor:
     if not data:
         return torch.zeros(shape, dtype=dt)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(shape).clone()
-
-
-def _nbytes(shape: list[int], dtype: str) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=_DTYPES[dtype]).element_size()
 
 
 # --------------------------------------------------------------------------- encode
@@ -244,133 +245,501 @@ def _entropy(values: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- decode
 
+_ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in _DTYPES.items()}
+MAX_RANK = 32  # dimensions of a recorded tensor
+MAX_NUMEL = 1 << 40  # elements of a recorded tensor (the model decides the real limit)
+MAX_CODEBOOK = codec.MAX_SYMBOLS  # 2^16 codebook entries (16-bit codes)
+MAX_CHAIN = 8  # parametrizations on one tensor (a file of this machop has at most 2: mask, quantizer)
+# Tensors the file does not store (a coded weight's original, masks, indices, centroids: re-created, then
+# overwritten with the decoded codes) may take at most this many times the target model's own state bytes,
+# plus a MiB. A k-means layer's takes 1.75x its float32 weight (2.5x with 2^16 clusters; 4x for float16 weights).
+PLACEHOLDER_FACTOR, PLACEHOLDER_SLACK = 8, 1 << 20
+# A registry model that only the file names (no model, graph or context given) may hold at most this many
+# bytes per file byte, or MODEL_BYTES_FLOOR: Deep Compression makes files ~35-50x smaller than their model.
+MODEL_BYTES_PER_FILE_BYTE, MODEL_BYTES_FLOOR = 1024, 256 << 20
+MAX_DATASET_DIM = 1 << 16  # num_classes, in_channels, image sides recorded in dataset_info
+# Modules inserted into the fx graph: a model of this machop usually has at most two per layer (an activation
+# mask and an input quantizer). Each insertion recompiles the graph (O(nodes)), so their number is bounded by the
+# header (MAX_INSERTED) and, before any is made, by the target graph (INSERTED_PER_NODE x its nodes).
+MAX_INSERTED, INSERTED_PER_NODE = 4096, 4
 
-class _Decoded:
-    """A checked, fully decoded file: everything needed to load it, nothing touched yet."""
+_HEADER_KEYS = {"format", "structure", "tensors", "raw", "aliases", "index_bits", "dense_params", "layers"}
+_STRUCTURE_KEYS = {"model", "dataset_info", "class", "ties", "inserted", "parametrizations"}
+_DATASET_KEYS = {"name", "num_classes", "in_channels", "image_size"}
+_INSERTED_KEYS = {"name", "user", "arg", "class", "spec"}
+_CHAIN_KEYS = {"module", "tensor", "chain"}
+_LAYER_KEYS = {"name", "node", "shape", "kind", "bits", "codebook_size", "nnz", "values", "gaps"}
+_STREAM_KEYS = {"count", "nbits", "block", "sync_base", "sync_width", "symbols", "lengths"}
+_KINDS = ("kmeans", "integer")
 
-    def __init__(self, data: bytes, name: str):
-        header, sections = unpack_container(data, name)
+
+def _is_int(x: object) -> bool:
+    return type(x) is int  # JSON true/false are not integers here
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class _Bad(Exception):
+    """A malformed header field (internal: becomes a one-line CompressedFileError naming the file)."""
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise _Bad(message)
+
+
+def _str(x: object, what: str, empty: bool = False) -> str:
+    _need(isinstance(x, str) and (empty or x != ""), f"{what} must be a{'' if empty else ' non-empty'} string")
+    return x
+
+
+def _int(x: object, what: str, lo: int, hi: int) -> int:
+    _need(_is_int(x) and lo <= x <= hi, f"{what} must be an integer in [{lo}, {hi}], got {_short(x)}")
+    return x
+
+
+def _short(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _keys(obj: object, required: set[str], what: str, optional: frozenset[str] = frozenset()) -> dict:
+    _need(isinstance(obj, dict), f"{what} must be an object")
+    missing, extra = required - set(obj), set(obj) - required - optional
+    _need(not missing, f"{what} lacks {', '.join(sorted(missing))}")
+    _need(not extra, f"{what} has unknown key(s) {', '.join(sorted(map(_short, extra)))}")
+    return obj
+
+
+def _shape(x: object, what: str) -> list[int]:
+    _need(isinstance(x, list) and len(x) <= MAX_RANK and all(_is_int(d) and 0 <= d <= MAX_NUMEL for d in x),
+          f"{what}: shape must be a list of at most {MAX_RANK} integers in [0, {MAX_NUMEL}], got {_short(x)}")
+    n = 1
+    for d in x:  # each factor <= MAX_NUMEL: the product stays small until it is refused
+        n *= max(d, 1)  # also with a 0 dimension: torch computes strides from the others
+        _need(n <= MAX_NUMEL, f"{what}: shape {_short(x)} has more than {MAX_NUMEL} elements")
+    return list(x)
+
+
+def _check_structure(s: object) -> dict:
+    """The ``structure`` record (machop.ir.serialize.describe_structure): exact keys, JSON types."""
+    s = _keys(s, _STRUCTURE_KEYS, "structure")
+    _need(s["model"] is None or isinstance(s["model"], str) and s["model"], "structure.model must be a name or null")
+    _need(s["class"] is None or isinstance(s["class"], str), "structure.class must be a string or null")
+    info = s["dataset_info"]
+    if info is not None:
+        _keys(info, _DATASET_KEYS, "structure.dataset_info")
+        _str(info["name"], "structure.dataset_info.name", empty=True)
+        _int(info["num_classes"], "structure.dataset_info.num_classes", 1, MAX_DATASET_DIM)
+        _int(info["in_channels"], "structure.dataset_info.in_channels", 1, MAX_DATASET_DIM)
+        size = info["image_size"]
+        _need(isinstance(size, list) and len(size) == 2, "structure.dataset_info.image_size must be [height, width]")
+        for d in size:
+            _int(d, "structure.dataset_info.image_size", 1, MAX_DATASET_DIM)
+    ties = s["ties"]
+    _need(isinstance(ties, list) and all(isinstance(g, list) and len(g) >= 2 and all(isinstance(k, str) for k in g)
+                                         for g in ties), "structure.ties must be a list of lists of tensor names")
+    _need(isinstance(s["inserted"], list), "structure.inserted must be a list")
+    _need(len(s["inserted"]) <= MAX_INSERTED, f"structure.inserted has more than {MAX_INSERTED} modules")
+    for rec in s["inserted"]:
+        _keys(rec, _INSERTED_KEYS, "structure.inserted[]")
+        _str(rec["name"], "structure.inserted[].name")
+        _str(rec["user"], "structure.inserted[].user")
+        _int(rec["arg"], "structure.inserted[].arg", 0, 1 << 16)
+        _need(isinstance(rec["class"], str) and rec["class"] in REBUILDABLE,
+              f"structure.inserted[] names unknown class {_short(rec['class'])}")
+        _need(isinstance(rec["spec"], dict), "structure.inserted[].spec must be an object")
+    _need(isinstance(s["parametrizations"], list), "structure.parametrizations must be a list")
+    for rec in s["parametrizations"]:
+        _keys(rec, _CHAIN_KEYS, "structure.parametrizations[]")
+        _str(rec["module"], "structure.parametrizations[].module", empty=True)
+        _str(rec["tensor"], "structure.parametrizations[].tensor")
+        chain = rec["chain"]
+        _need(isinstance(chain, list) and 1 <= len(chain) <= MAX_CHAIN,
+              f"structure.parametrizations[].chain must be a list of 1 to {MAX_CHAIN} entries")
+        for p in chain:
+            _keys(p, {"class", "spec"}, "structure.parametrizations[].chain[]")
+            _need(isinstance(p["class"], str) and p["class"] in REBUILDABLE,
+                  f"structure.parametrizations[] names unknown class {_short(p['class'])}")
+            _need(isinstance(p["spec"], dict), "structure.parametrizations[].chain[].spec must be an object")
+    return s
+
+
+class _Layer:
+    """One checked layer record: where its codes go, its weight's shape, its two streams."""
+
+    def __init__(self, rec: object, index_bits: int, sig: dict[str, tuple[list[int], str]], sections: dict[str, int]):
+        rec = _keys(rec, _LAYER_KEYS, "a layer record", frozenset({"module", "tensor"}))
+        self.name = name = _str(rec["name"], "layer name")
+        what = f"layer {name!r}"
+        self.module = _str(rec.get("module", name), f"{what}: module", empty=True)
+        self.tensor = _str(rec.get("tensor", "weight"), f"{what}: tensor")
+        _str(rec["node"], f"{what}: node", empty=True)
+        self.shape = _shape(rec["shape"], what)
+        self.numel = _numel(self.shape)
+        self.prefix = f"{self.module}.parametrizations.{self.tensor}.".lstrip(".")
+        recorded = sig.get(self.prefix + "original")
+        _need(recorded is not None and recorded[0] == self.shape,
+              f"{what} has shape {self.shape} but its tensor is recorded as {recorded[0] if recorded else None}")
+        _need(isinstance(rec["kind"], str) and rec["kind"] in _KINDS,
+              f"{what}: kind must be one of {', '.join(_KINDS)}")
+        self.kind = rec["kind"]
+        self.bits = _int(rec["bits"], f"{what}: bits", 1, 16)
+        self.k = _int(rec["codebook_size"], f"{what}: codebook_size", 1, min(MAX_CODEBOOK, 1 << self.bits))
+        _need(self.kind != "integer" or self.k == 1 << self.bits,
+              f"{what}: a fixed-point codebook has 2^bits = {1 << self.bits} entries, not {self.k}")
+        self.nnz = _int(rec["nnz"], f"{what}: nnz", 0, self.numel)
+        # values: one code per kept weight; gaps: one symbol per kept weight plus fillers, each advancing the
+        # position by >= 1, so at most numel. A one-symbol (0-bit) table is bounded by these counts alone.
+        self.values = self._stream(rec["values"], f"{what}: values", self.nnz, self.nnz, 0, self.k - 1)
+        filler = (1 << index_bits) - 1
+        self.gaps = self._stream(rec["gaps"], f"{what}: gaps", self.nnz, self.numel, 0, filler)
+        _need((self.gaps[1] == 0) == (self.nnz == 0), f"{what}: gap symbols without kept weights, or the reverse")
+        self.section = f"layer:{name}"
+        self.nbytes = self.values[2] + self.gaps[2] + 4 * self.k
+        got = sections.get(self.section)
+        _need(got is not None, f"section of {what} missing")
+        _need(got == self.nbytes, f"section of {what} has {got} bytes, expected {self.nbytes}")
+
+    @staticmethod
+    def _stream(meta: object, what: str, lo: int, hi: int, smin: int, smax: int) -> tuple[dict, int, int]:
+        """(meta, count, bytes) of a stream whose count lies in [lo, hi] and symbols in [smin, smax]."""
+        meta = _keys(meta, _STREAM_KEYS, what)
+        try:
+            table, count, *_, nbytes = codec.EncodedStream.check_meta(meta, max_count=hi)
+        except CompressedFileError as e:
+            raise _Bad(f"{what}: {e}") from None
+        _need(count >= lo, f"{what}: {count} symbols, expected at least {lo}")
+        syms = table.symbols
+        _need(syms.size == 0 or smin <= int(syms[0]) and int(syms[-1]) <= smax,
+              f"{what}: symbols outside [{smin}, {smax}]")
+        return meta, count, nbytes
+
+
+class _Header:
+    """A model file's header, every field checked against the others and the section lengths; nothing decoded.
+
+    Checks (all on the header alone): exact keys and JSON types everywhere;
+    every tensor's shape (<= MAX_RANK dims, <= MAX_NUMEL elements) and dtype;
+    raw keys, aliases, index_bits in [1, 16]; each layer's shape equals its
+    tensor's, ``nnz`` <= its elements, both streams fit (see `_Layer`), its
+    section has exactly the bytes its streams and codebook take; the raw
+    section exactly the bytes of the raw tensors; no other section; every
+    tensor stored raw, an alias, or re-created for a coded layer (a
+    "placeholder": the weight's shape, a scalar, or 1-d of at most 2^16
+    elements, under ``original`` or a chain entry that the structure records).
+    """
+
+    def __init__(self, header: dict, section_lengths: dict[str, int], name: str):
         self.name = name
         if header.get("format") != FORMAT_NAME:
-            raise CompressedFileError(f"{name}: not a machop Huffman model file (format {header.get('format')!r})")
+            raise CompressedFileError(
+                f"{name}: not a machop Huffman model file (format {_short(header.get('format'))})")
         try:
-            self.structure: dict = header["structure"]
-            self.signature: list[list] = [[str(k), [int(x) for x in s], str(d)] for k, s, d in header["tensors"]]
-            self.raw_keys: list[str] = list(header["raw"])
-            self.aliases: dict[str, str] = {str(k): str(v) for k, v in header.get("aliases", {}).items()}
-            self.index_bits = int(header["index_bits"])
-            self.layers: list[dict] = list(header["layers"])
-            self.model_name = self.structure["model"]
-            list(self.structure["inserted"]), list(self.structure["parametrizations"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CompressedFileError(f"{name}: malformed header ({type(e).__name__}: {e})") from None
-        if any(d not in _DTYPES for _, _, d in self.signature):
-            raise CompressedFileError(f"{name}: malformed header (unknown dtype)")
-        self.sections = sections
+            self._check(header, section_lengths)
+        except _Bad as e:
+            raise CompressedFileError(f"{name}: malformed header ({e})") from None
+
+    def _check(self, header: dict, section_lengths: dict[str, int]) -> None:
+        _keys(header, _HEADER_KEYS - {"dense_params"}, "the header", frozenset({"dense_params"}))
+        self.structure = _check_structure(header["structure"])
+        self.model_name: str | None = self.structure["model"]
+        tensors = header["tensors"]
+        _need(isinstance(tensors, list), "tensors must be a list")
+        self.signature: list[list] = []
+        self.sig: dict[str, tuple[list[int], str]] = {}
+        for entry in tensors:
+            _need(isinstance(entry, list) and len(entry) == 3, "a tensors entry must be [key, shape, dtype]")
+            key = _str(entry[0], "a tensor key")
+            _need(key not in self.sig, f"tensor {key!r} is recorded twice")
+            shape = _shape(entry[1], f"tensor {key!r}")
+            _need(isinstance(entry[2], str) and entry[2] in _DTYPES,
+                  f"tensor {key!r} has unknown dtype {_short(entry[2])}")
+            self.signature.append([key, shape, entry[2]])
+            self.sig[key] = (shape, entry[2])
+        raw = header["raw"]
+        _need(isinstance(raw, list) and all(isinstance(k, str) and k in self.sig for k in raw),
+              "raw must list recorded tensors")
+        _need(len(set(raw)) == len(raw), "raw lists a tensor twice")
+        self.raw_keys: list[str] = raw
+        aliases = header["aliases"]
+        _need(isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values()),
+              "aliases must map tensor names to tensor names")
+        raw_set = set(raw)
+        for key, first in aliases.items():
+            _need(key in self.sig and first in self.sig and self.sig[key] == self.sig[first],
+                  f"alias {key!r} names a tensor that is not recorded, or one of another shape")
+            _need(key not in raw_set and first not in aliases and key != first,
+                  f"alias {key!r} is stored raw, or names another alias")
+        self.aliases: dict[str, str] = aliases
+        self.index_bits = _int(header["index_bits"], "index_bits", 1, 16)
+        if "dense_params" in header:
+            _int(header["dense_params"], "dense_params", 0, 1 << 62)
+        layers = header["layers"]
+        _need(isinstance(layers, list), "layers must be a list")
+        self.layers = [_Layer(rec, self.index_bits, self.sig, section_lengths) for rec in layers]
+        names = [layer.name for layer in self.layers]
+        _need(len(set(names)) == len(names), "a layer is recorded twice")
+        prefixes = [layer.prefix for layer in self.layers]
+        _need(len(set(prefixes)) == len(prefixes), "two layer records code the same tensor")
+        expected = {"raw", *(layer.section for layer in self.layers)}
+        extra = set(section_lengths) - expected
+        _need(not extra, f"unknown section {_short(sorted(extra)[0]) if extra else ''}")
+        _need("raw" in section_lengths, "raw section missing")
+        self.raw_bytes = [_numel(self.sig[k][0]) * _ITEMSIZE[self.sig[k][1]] for k in raw]
+        _need(section_lengths["raw"] == sum(self.raw_bytes),
+              f"raw section has {section_lengths['raw']} bytes, expected {sum(self.raw_bytes)}")
+        # tensors not stored: re-created for a coded layer (placeholders)
+        chains = {(rec["module"], rec["tensor"]): len(rec["chain"]) for rec in self.structure["parametrizations"]}
+        by_prefix = {layer.prefix: layer for layer in self.layers}
+        self.placeholders: list[tuple[str, list[int], str]] = []
+        self.placeholder_bytes = 0
+        for key, shape, dtype in self.signature:
+            if key in raw_set or key in aliases:
+                continue
+            head, found, tail = f".{key}".partition(".parametrizations.")  # a dict lookup: no layers x tensors loop
+            layer = by_prefix.get(f"{head}.parametrizations.{tail.partition('.')[0]}.".lstrip(".")) if found else None
+            _need(layer is not None and key.startswith(layer.prefix), f"tensor {key!r} is neither stored raw nor coded")
+            rest = key[len(layer.prefix):]
+            index, _, attr = rest.partition(".")
+            n_chain = chains.get((layer.module, layer.tensor), 0)
+            _need(rest == "original" or index.isdigit() and int(index) < n_chain and attr and "." not in attr,
+                  f"tensor {key!r} belongs to no parametrization the structure records")
+            _need(shape == layer.shape or len(shape) == 0 or len(shape) == 1 and shape[0] <= MAX_CODEBOOK,
+                  f"tensor {key!r} of shape {shape} fits neither its weight {layer.shape} nor a codebook")
+            self.placeholders.append((key, shape, dtype))
+            self.placeholder_bytes += _numel(shape) * _ITEMSIZE[dtype]
 
     def fail(self, message: str) -> CompressedFileError:
         return CompressedFileError(f"{self.name}: {message}")
 
-    def tensors(self) -> tuple[dict[str, torch.Tensor], list[tuple[str, str, WeightCodes]]]:
-        """(state dict with placeholders for coded tensors, [(module qualname, tensor name, WeightCodes)])."""
-        sig = {k: (s, d) for k, s, d in self.signature}
-        self._shapes = {k: s for k, (s, _) in sig.items()}
-        raw = self.sections.get("raw")
-        if raw is None or any(k not in sig for k in self.raw_keys):
-            raise self.fail("raw section or raw keys missing")
-        if any(k not in sig or v not in sig or sig[k] != sig[v] for k, v in self.aliases.items()):
-            raise self.fail("an alias names a tensor that is not recorded, or one of another shape")
-        sizes = [_nbytes(*sig[k]) for k in self.raw_keys]
-        if sum(sizes) != len(raw):
-            raise self.fail(f"raw section has {len(raw)} bytes, expected {sum(sizes)}")
-        state: dict[str, torch.Tensor] = {}
-        at = 0
-        for key, size in zip(self.raw_keys, sizes):
-            state[key] = _tensor_from(raw[at : at + size], *sig[key])
-            at += size
-        codes = []
-        for rec in self.layers:
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+class _Decoder:
+    """Decodes a checked header's sections into a target graph, in the order that bounds memory.
+
+    1. choose the target graph and check the file's tensors against it
+       (`_target`): nothing of the file is decoded before;
+    2. the re-created tensors must fit ``PLACEHOLDER_FACTOR`` x the model;
+    3. raw tensors (bounded by the bytes present), placeholders, structure;
+    4. coded layers: every count is at most the model's weight's size;
+    5. the full state-dict layout is compared once more, then loaded.
+    """
+
+    def __init__(self, hdr: _Header, sections: dict[str, bytes], file_bytes: int):
+        self.hdr, self.sections, self.file_bytes = hdr, sections, file_bytes
+        self.name = hdr.name
+
+    def fail(self, message: str) -> CompressedFileError:
+        return self.hdr.fail(message)
+
+    # ------------------------------------------------------------------ 1. the target
+    def target(self, graph: MaseGraph | None, model: nn.Module | MaseGraph | None,
+               context: PassContext | None) -> tuple[MaseGraph, bool]:
+        """(graph to load into, whether the file's structure must be re-created on it); architecture checked."""
+        hdr = self.hdr
+        if graph is not None:
+            if same_signature(state_signature(graph.model), hdr.signature):
+                return graph, False
+            ctx_name = graph.context.model_name
+            if ctx_name is not None and ctx_name != hdr.model_name:
+                raise self.fail(
+                    f"file holds a {hdr.model_name or hdr.structure.get('class')}, the graph is a {ctx_name}")
+            if has_compression(graph.model):
+                if ctx_name is None:
+                    raise self.fail("the graph already holds masks or codebooks that differ from the file's; "
+                                    "decode into a fresh model")
+                fresh = self._registry_graph(graph.context)
+                fresh.dummy_input = graph.dummy_input
+                fresh.model.to(graph.device)
+                return fresh, True
+            self._check_architecture(graph.model)
+            return graph, True
+        if model is not None:
             try:
-                module, tensor = str(rec.get("module", rec["name"])), str(rec.get("tensor", "weight"))
-                codes.append((module, tensor, self._layer(rec, module, tensor)))
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                if isinstance(e, CompressedFileError):
-                    raise
-                raise self.fail(f"a layer record is malformed ({type(e).__name__}: {e})") from None
-        prefixes = tuple(f"{q}.parametrizations.{t}.".lstrip(".") for q, t, _ in codes)
-        for key, shape, dtype in self.signature:
-            if key not in state and key not in self.aliases:
-                if not key.startswith(prefixes):
-                    raise self.fail(f"tensor {key!r} is neither stored raw nor coded")
-                state[key] = torch.zeros(shape, dtype=_DTYPES[dtype])
-        for key, first in self.aliases.items():
+                graph = base_graph(hdr.structure, model, self.name, context)
+            except ValueError as e:  # machop.ir.serialize checks the structure record too
+                raise self.fail(_without(str(e), self.name)) from None
+            self._check_architecture(graph.model)
+            return graph, True
+        return self._registry_graph(context), True
+
+    def _check_architecture(self, model: nn.Module) -> None:
+        try:
+            check_architecture(SimpleNamespace(model=model), self.hdr.signature, self.hdr.structure)
+        except ArchitectureMismatch as e:
+            what = self.hdr.model_name or self.hdr.structure.get("class") or "model"
+            raise self.fail(f"the model does not match the file's {what}: {e}") from None
+
+    def _registry_graph(self, context: PassContext | None) -> MaseGraph:
+        """A new graph of the registry model: the one ``context`` names (with its data set), else the file's.
+
+        Built on the meta device first (no memory) and checked against the
+        file; a model named by the file alone must also fit its size limit.
+        """
+        hdr = self.hdr
+        if hdr.model_name is None:
+            try:
+                base_graph(hdr.structure, None, self.name, context)  # raises: your own model needs passing
+            except ValueError as e:
+                raise self.fail(_without(str(e), self.name)) from None
+            raise self.fail("holds no registry model")  # not reached
+        if hdr.model_name not in MODELS:
+            raise self.fail(f"holds a {hdr.model_name!r}, which is not in this machop's model registry")
+        asked = context is not None and context.model_name is not None
+        if asked and context.model_name != hdr.model_name:
+            raise self.fail(f"file holds a {hdr.model_name}, not the {context.model_name} asked for")
+        by_file = not (asked and context.dataset_info is not None)
+        if by_file:
+            if hdr.structure["dataset_info"] is None:
+                raise self.fail("does not name its model's data set: give the model, or a context with dataset_info")
+            info = DatasetInfo(**hdr.structure["dataset_info"])
+        else:
+            info = context.dataset_info
+        try:
+            with torch.device("meta"):
+                meta = get_model(hdr.model_name, info)
+        except Exception as e:  # the registry model refuses this data set (e.g. images too small)
+            raise self.fail(f"cannot build a {hdr.model_name} for {info}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        self._check_architecture(meta)
+        size = _state_bytes(meta)
+        allowed = max(MODEL_BYTES_FLOOR, MODEL_BYTES_PER_FILE_BYTE * self.file_bytes)
+        if by_file and size > allowed:
+            raise self.fail(f"names a {hdr.model_name} of {size} bytes, more than a {self.file_bytes}-byte file "
+                            f"can hold (at most {allowed}); pass the model or a context naming it to load it anyway")
+        context = context if context is not None else PassContext()
+        context.model_name, context.dataset_info = hdr.model_name, info
+        return MaseGraph(get_model(hdr.model_name, info), context=context)
+
+    # ------------------------------------------------------------------ 2.-5.
+    def state(self, graph: MaseGraph, structured: bool) -> dict[str, torch.Tensor]:
+        """The state dict to load (coded tensors as zero placeholders); the structure re-created if ``structured``."""
+        hdr = self.hdr
+        budget = PLACEHOLDER_FACTOR * _state_bytes(graph.model) + PLACEHOLDER_SLACK
+        if hdr.placeholder_bytes > budget:
+            raise self.fail(f"the tensors it re-creates take {hdr.placeholder_bytes} bytes, more than "
+                            f"{PLACEHOLDER_FACTOR}x the model ({budget} bytes)")
+        state: dict[str, torch.Tensor] = {}
+        raw, at = self.sections["raw"], 0
+        for key, size in zip(hdr.raw_keys, hdr.raw_bytes):
+            shape, dtype = hdr.sig[key]
+            chunk = raw[at : at + size]
+            if dtype == "bool" and chunk.translate(None, b"\x00\x01"):
+                raise self.fail(f"tensor {key!r} is bool but holds bytes other than 0 and 1")
+            state[key] = _tensor_from(chunk, shape, dtype)
+            at += size
+        for key, shape, dtype in hdr.placeholders:
+            state[key] = torch.zeros(shape, dtype=_DTYPES[dtype])
+        for key, first in hdr.aliases.items():
             if first not in state:
                 raise self.fail(f"alias {key!r} names {first!r}, which is not stored")
             state[key] = state[first]
-        return state, codes
+        if structured:
+            inserted, nodes = len(hdr.structure["inserted"]), sum(1 for _ in graph.nodes)
+            if inserted > INSERTED_PER_NODE * nodes:  # each insertion recompiles the graph: keep it the model's size
+                raise self.fail(f"it inserts {inserted} modules into a graph of {nodes} nodes "
+                                f"(at most {INSERTED_PER_NODE} per node)")
+            try:
+                apply_structure(graph, hdr.structure, state)
+            except Exception as e:  # rebuild() calls constructors with the file's specs: any error is the file's
+                detail = _without(str(e), "saved structure") if isinstance(e, ValueError) else _one_line(e)
+                raise self.fail(f"cannot re-create the model's structure ({detail})") from None
+        return state
 
-    def _layer(self, rec: dict, module: str, tensor: str) -> WeightCodes:
-        name = rec["name"]
-        data = self.sections.get(f"layer:{name}")
-        if data is None:
-            raise self.fail(f"section of layer {name!r} missing")
-        shape = [int(s) for s in rec["shape"]]
-        numel = int(np.prod(shape, dtype=np.int64))
-        k = int(rec["codebook_size"])
-        v_meta, g_meta = rec["values"], rec["gaps"]
-        recorded = self._shapes.get(f"{module}.parametrizations.{tensor}.original".lstrip("."))
-        if recorded != shape:
-            raise self.fail(f"layer {name!r} has shape {shape} but its tensor is recorded as {recorded}")
-        if not int(rec["nnz"]) == int(v_meta["count"]) <= numel or int(g_meta["count"]) > numel:
-            raise self.fail(f"layer {name!r}: symbol counts do not fit the weight")
-        v_len = _stream_bytes(v_meta)
-        g_len = _stream_bytes(g_meta)
-        if len(data) != v_len + g_len + 4 * k or k < 1:
-            raise self.fail(f"section of layer {name!r} has {len(data)} bytes, expected {v_len + g_len + 4 * k}")
-        values = codec.decode(codec.EncodedStream.from_parts(v_meta, data[:v_len]))
-        gaps = codec.decode(codec.EncodedStream.from_parts(g_meta, data[v_len : v_len + g_len]))
-        positions = gap_decode(gaps, self.index_bits, numel)
-        if positions.size != values.size or values.size != int(rec["nnz"]):
-            raise self.fail(f"layer {name!r}: {positions.size} positions for {values.size} values")
-        if values.size and (values.min() < 0 or values.max() >= k):
-            raise self.fail(f"layer {name!r}: codes outside the codebook")
-        codebook = _tensor_from(data[v_len + g_len :], [k], "float32")
-        flat_codes = np.zeros(numel, dtype=np.int64)
+    def codes(self, graph: MaseGraph) -> list[tuple[str, str, WeightCodes]]:
+        """Every coded layer decoded (its weight's shape is the model's: counts are bounded by it)."""
+        out = []
+        for layer in self.hdr.layers:
+            try:
+                out.append((layer.module, layer.tensor, self._layer(layer)))
+            except CompressedFileError as e:
+                msg = str(e)
+                raise self.fail(f"layer {layer.name!r}: {msg}" if not msg.startswith(self.name) else
+                                msg.removeprefix(f"{self.name}: ")) from None
+        return out
+
+    def _layer(self, layer: _Layer) -> WeightCodes:
+        data = self.sections[layer.section]
+        v_len, g_len = layer.values[2], layer.gaps[2]
+        values = codec.decode(codec.EncodedStream.from_parts(layer.values[0], data[:v_len], max_count=layer.nnz))
+        gaps = codec.decode(codec.EncodedStream.from_parts(layer.gaps[0], data[v_len : v_len + g_len],
+                                                           max_count=layer.numel))
+        positions = gap_decode(gaps, self.hdr.index_bits, layer.numel)
+        del gaps
+        if positions.size != values.size or values.size != layer.nnz:
+            raise self.fail(f"layer {layer.name!r}: {positions.size} positions for {values.size} values")
+        if values.size and (values.min() < 0 or values.max() >= layer.k):
+            raise self.fail(f"layer {layer.name!r}: codes outside the codebook")
+        codebook = _tensor_from(data[v_len + g_len :], [layer.k], "float32")
+        flat_codes = np.zeros(layer.numel, dtype=np.int64)
         flat_codes[positions] = values
-        flat_mask = np.zeros(numel, dtype=bool)
+        flat_mask = np.zeros(layer.numel, dtype=bool)
         flat_mask[positions] = True
         return WeightCodes(
-            codes=torch.from_numpy(flat_codes).reshape(shape), codebook=codebook,
-            mask=torch.from_numpy(flat_mask).reshape(shape), bits=int(rec["bits"]), kind=str(rec["kind"]),
+            codes=torch.from_numpy(flat_codes).reshape(layer.shape), codebook=codebook,
+            mask=torch.from_numpy(flat_mask).reshape(layer.shape), bits=layer.bits, kind=layer.kind,
         )
 
-    def structured_graph(self, graph: MaseGraph, state: dict[str, torch.Tensor]) -> MaseGraph:
-        """``graph`` (a dense model) with the file's structure re-created on it; architecture checked first."""
-        try:
-            check_architecture(graph, self.signature, self.structure)
-        except ArchitectureMismatch as e:
-            what = self.model_name or self.structure.get("class") or "model"
-            raise self.fail(f"the model does not match the file's {what}: {e}") from None
-        try:
-            apply_structure(graph, self.structure, state)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise self.fail(f"cannot re-create the model's structure ({type(e).__name__}: {e})") from None
-        return graph
-
-    def load_into(self, graph: MaseGraph, state: dict[str, torch.Tensor], codes: list[tuple[str, str, WeightCodes]]) -> None:
+    def load(self, graph: MaseGraph, state: dict[str, torch.Tensor], codes: list[tuple[str, str, WeightCodes]]) -> None:
         got = state_signature(graph.model)
-        if not same_signature(got, self.signature):
-            raise self.fail("model does not match the file: " + first_mismatch(got, self.signature))
-        graph.model.load_state_dict(state, strict=True)
-        for qualname, tensor, wc in codes:
-            load_weight_codes(graph.model.get_submodule(qualname), wc, tensor)
+        if not same_signature(got, self.hdr.signature):
+            raise self.fail("model does not match the file: " + first_mismatch(got, self.hdr.signature))
+        try:
+            graph.model.load_state_dict(state, strict=True)
+            for qualname, tensor, wc in codes:
+                load_weight_codes(graph.model.get_submodule(qualname), wc, tensor)
+        except Exception as e:  # the structure the file names does not take its codes (a kind or grid mismatch)
+            raise self.fail(f"cannot load the decoded weights ({_one_line(e)})") from None
 
 
-def _stream_bytes(meta: dict) -> int:
-    count, nbits, block, width = int(meta["count"]), int(meta["nbits"]), int(meta["block"]), int(meta["sync_width"])
-    if block < 1:
-        raise ValueError("block < 1")
-    return (nbits + 7) // 8 + ((max(1, -(-count // block)) - 1) * width + 7) // 8
+def _without(message: str, name: str) -> str:
+    """``message`` without a leading file name (`fail` adds it back), on one line."""
+    message = (message.splitlines() or [""])[0]
+    return message.removeprefix(f"{name}: ").removeprefix(f"{name} ")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def check_header(header: dict, section_lengths: dict[str, int], name: str = "compressed file") -> None:
+    """Check a model file's header against itself and its section lengths (CompressedFileError, one line)."""
+    _Header(header, section_lengths, name)
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The checked header of the model file at ``path``; reads the 20-byte prefix and the header only.
+
+    Refuses (`CompressedFileError`, one line) a path that is missing, a
+    directory or not a regular file, a file that is not a machop model file,
+    whose size differs from what its header claims, or whose header is
+    malformed. The sections' CRCs and the architecture are not checked.
+    """
+    header, entries = read_container_header(path)
+    _Header(header, {n: length for n, length, _ in entries}, str(path))
+    return header
+
+
+def _decode(header: dict, sections: dict[str, bytes], file_bytes: int, graph: MaseGraph | None, name: str,
+            context: PassContext | None, model: nn.Module | MaseGraph | None) -> MaseGraph:
+    hdr = _Header(header, {n: len(d) for n, d in sections.items()}, name)
+    decoder = _Decoder(hdr, sections, file_bytes)
+    graph, structured = decoder.target(graph, model, context)
+    state = decoder.state(graph, structured)
+    codes = decoder.codes(graph)
+    decoder.load(graph, state, codes)
+    return graph
 
 
 def decode_model(
@@ -389,43 +758,45 @@ def decode_model(
     - ``graph`` of a registry model with another structure: a new graph of
       that model is built, keeping ``graph.context`` and ``graph.dummy_input``.
     - ``graph`` None: ``model`` if given (your own model, or a MaseGraph of
-      it), else the registry model the file names, with ``context``.
+      it), else the registry model ``context`` names (``context.model_name``
+      must then be the file's; built for ``context.dataset_info``), else the
+      one the file names (at most ``MODEL_BYTES_PER_FILE_BYTE`` bytes per byte
+      of the file, or ``MODEL_BYTES_FLOOR``).
     - anything else: CompressedFileError naming the first mismatching
       tensor, raised before any weight is touched.
 
-    The file is fully checked and decoded before any weight changes.
+    Order: the container and every header field are checked (nothing
+    decoded), then the target model is chosen and the file's tensors are
+    checked against it, and only then is anything decoded or allocated, each
+    allocation bounded by the model's size or by the bytes present. Every
+    refusal is a one-line `CompressedFileError` prefixed with ``name``.
     """
-    decoded = _Decoded(data, name)
-    state, codes = decoded.tensors()
-    if graph is None:
-        try:
-            graph = base_graph(decoded.structure, model, name, context)
-        except ValueError as e:
-            raise decoded.fail(str(e).removeprefix(f"{name} ")) from None
-        graph = decoded.structured_graph(graph, state)
-    elif not same_signature(state_signature(graph.model), decoded.signature):
-        ctx_name = graph.context.model_name
-        if ctx_name is not None and ctx_name != decoded.model_name:
-            raise decoded.fail(f"file holds a {decoded.model_name or decoded.structure.get('class')}, "
-                               f"the graph is a {ctx_name}")
-        if has_compression(graph.model):
-            if ctx_name is None:
-                raise decoded.fail("the graph already holds masks or codebooks that differ from the file's; "
-                                   "decode into a fresh model")
-            fresh = base_graph(decoded.structure, None, name, graph.context)
-            fresh.dummy_input = graph.dummy_input
-            fresh.model.to(graph.device)
-            graph = fresh
-        graph = decoded.structured_graph(graph, state)
-    decoded.load_into(graph, state, codes)
-    return graph
+    header, sections = unpack_container(data, name)
+    return _decode(header, sections, len(data), graph, name, context, model)
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the model file at ``path``, for `decode_model`; read in the order of the checks.
+
+    The path must be a regular file (not a directory, FIFO or device: never
+    read); its 20-byte prefix, then its header (bounded) are read and checked,
+    every header field included (`read_header`), and only when the file's size
+    is what the header claims is the rest read. CompressedFileError (one line;
+    `machop.files.NoSuchFile`, also a FileNotFoundError, for a missing path).
+    """
+    with ContainerFile(path) as f:
+        _Header(f.header, {n: length for n, length, _ in f.entries}, f.name)
+        return f.read_all()
 
 
 def file_header(data: bytes, name: str = "compressed file") -> dict:
-    """The checked JSON header of a compressed file (for tools and reports)."""
-    return unpack_container(data, name)[0]
+    """The checked JSON header of a compressed model file in memory (for tools and reports)."""
+    header, entries = unpack_header(data, name)
+    _Header(header, {n: length for n, length, _ in entries}, name)
+    return header
 
 
 __all__ = [
-    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "file_header",
+    "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "file_header", "read_header",
+    "read_file", "check_header",
 ]

@@ -23,11 +23,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, check_path, check_range, from_dict, join, pass_path
+from machop.files import BadFileError, NoSuchFile, output_problem
 from machop.ir import MaseGraph, PassContext
 from machop.nn import is_rebuildable, weight_codes
 
 from .format import write_atomic
-from .model import decode_model, encode_model
+from .model import decode_model, encode_model, read_file, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,13 @@ def parse_huffman_args(pass_args: dict | None, path: str = "passes.huffman") -> 
 
 
 def check_encode_args(graph: MaseGraph, args: HuffmanArgs, path: str, earlier: list[str]) -> None:
-    """Refuse a Huffman step planned before any quantize step while ``graph`` has unquantized weights."""
-    if not args.is_huffman or args.allow_raw or "quantize" in earlier:
+    """Refuse a file ``path`` that cannot be written, and a Huffman step planned before any quantize step while
+    ``graph`` has unquantized weights."""
+    if not args.is_huffman:
+        return
+    if args.path is not None and (problem := output_problem(args.path)) is not None:
+        raise ConfigError(join(path, "path"), problem)
+    if args.allow_raw or "quantize" in earlier:
         return
     raw = [w.name for w in graph.weights() if weight_codes(w.module, w.tensor_name) is None]
     if raw:
@@ -67,13 +73,24 @@ def check_encode_args(graph: MaseGraph, args: HuffmanArgs, path: str, earlier: l
 
 
 def check_decode_args(graph: MaseGraph, args: HuffmanArgs, path: str, earlier: list[str]) -> None:
-    """Refuse a decode step whose file neither exists nor is written by an earlier step."""
+    """Refuse a decode step whose file is not written by an earlier step and is not a machop model file.
+
+    Cheap: reads the file's 20-byte prefix and its (bounded) header only
+    (`model.read_header`): a missing path, a directory, a FIFO or device, a
+    file of another kind, or one whose size or header is inconsistent is
+    refused before the run starts. Sections and architecture are checked when
+    the step runs.
+    """
     if not args.is_huffman or {"huffman", "huffman_encode"} & set(earlier):
         return
     if args.path is None:
         raise ConfigError(join(path, "path"), "no earlier huffman_encode step writes the file: give the path of one")
-    if not Path(args.path).is_file():
-        raise ConfigError(join(path, "path"), f"no such file: {args.path}")
+    try:
+        read_header(args.path)
+    except NoSuchFile:
+        raise ConfigError(join(path, "path"), f"no such file: {args.path}") from None
+    except BadFileError as e:  # a CompressedFileError, or a path that is not a regular file
+        raise ConfigError(join(path, "path"), str(e)) from None
 
 
 def compressed_path(graph: MaseGraph, args: HuffmanArgs, path: str = "passes.huffman") -> Path:
@@ -156,9 +173,8 @@ def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
 
 
 def _decode(graph: MaseGraph, source: Path) -> tuple[MaseGraph, dict]:
-    if not source.is_file():
-        raise FileNotFoundError(f"huffman_decode: no compressed file at {source}")
-    graph = decode_model(source.read_bytes(), graph, name=str(source))
+    """Decode ``source`` into ``graph`` (see `decode_model`); a missing file is `machop.files.NoSuchFile`."""
+    graph = decode_model(read_file(source), graph, name=str(source))
     return graph, {"is_huffman": True, "path": str(source), "file_bytes": os.path.getsize(source)}
 
 
@@ -169,12 +185,14 @@ def load_compressed(
 
     ``model``: your own model (or a MaseGraph of it) to decode into; its
     architecture is checked against the file first. None: the registry
-    model the file names. ``context`` (default: a new one) becomes the graph's context.
+    model ``context`` names (built for its ``dataset_info``), else the one the
+    file names. ``context`` (default: a new one) becomes the graph's context.
+    Any file that cannot be used raises a one-line `CompressedFileError`
+    (a ValueError; a missing one `machop.files.NoSuchFile`, also a
+    FileNotFoundError), before anything of it is decoded when its header,
+    size or architecture is wrong.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    return decode_model(path.read_bytes(), None, name=str(path), context=context, model=model)
+    return decode_model(read_file(path), None, name=str(path), context=context, model=model)
 
 
 def dense_copy(graph: MaseGraph) -> MaseGraph:
