@@ -246,6 +246,21 @@ def _loaders(name: str, n: int = 64):
     return DataLoaders(DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
 
 
+@pytest.mark.parametrize("name", ["MLP", "ResBlockNet", "CalledTwice"])
+def test_activation_masks_before_input_quantizers_survive_the_huffman_pass(name, tmp_path):
+    """Two modules inserted before one layer (an activation mask feeding the input quantizer) are rebuilt on
+    the dense copy, whose fx graph still holds the names of the nodes taken out of it."""
+    graph, x = _graph(name)
+    graph.context.data_module = _loaders(name)
+    graph, _ = PASSES["prune"](graph, {"activation": {"sparsity": 0.3}, "weight": {"sparsity": 0.5}})
+    graph, _ = PASSES["quantize"](graph, INTEGER)
+    kinds = [type(graph.module_of(n)).__name__ for n in graph.nodes if n.op == "call_module"]
+    assert "ActivationPrune" in kinds and "FixedPoint" in kinds
+    graph, info = PASSES["huffman"](graph, {"path": str(tmp_path / "m.mchz")})
+    assert info["verified"] is True
+    assert [type(graph.module_of(n)).__name__ for n in graph.nodes if n.op == "call_module"] == kinds
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_activation_pruning_on_user_models_and_the_huffman_pass_verifies_them(name, tmp_path):
     """Elementwise activation pruning on every model (channelwise, calibrated on plain DataLoaders, where a

@@ -627,7 +627,7 @@ def _insert_all(graph: fx.Graph, inserted: list[dict], where: str, insert) -> No
             if rec["arg"] >= len(user.args) or not isinstance(user.args[rec["arg"]], fx.Node):
                 raise BadFileError(f"{where}: node {user.name!r} has no input {rec['arg']} to insert {rec['name']!r} on")
             new = insert(rec, user)
-            by_name[new.name] = new
+            by_name[new.name] = by_name[rec["name"]] = new  # later records name it as it was saved
         pending = [rec for rec in pending if not any(rec is r for r in ready)]
 
 
