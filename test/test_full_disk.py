@@ -13,23 +13,13 @@ import pytest
 from machop.cli import main
 from machop.ir import load_graph
 
-CONFIG = """model = "lenet5"
-test_limit = 100
-[passes.prune.weight]
-sparsity = 0.8
-[passes.quantize]
-by = "type"
-evaluate = false
-[passes.quantize.default.config]
-name = "kmeans"
-weight_bits = 4
-[passes.huffman]
-"""
+from test_interrupts import COMPRESS
+
 ARGS = ["transform", "--config", "run.toml", "--no-progress", "--log-level", "warning"]
 
 
 def run(tmp_path: Path, project_dir: Path, capsys) -> tuple[int, list[str], list[Path]]:
-    (tmp_path / "run.toml").write_text(CONFIG)
+    (tmp_path / "run.toml").write_text(COMPRESS)
     code = main([*ARGS, "--project-dir", str(project_dir)])
     lines = capsys.readouterr().err.strip().splitlines()
     return code, lines, [p for p in project_dir.rglob("*") if p.is_file()]
