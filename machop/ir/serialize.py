@@ -302,6 +302,8 @@ def parse_json(text: Any, source: str, what: str, limit: int | None = None) -> A
 
 
 _STRUCTURE_KEYS = {"model", "dataset_info", "class", "inserted", "parametrizations"}
+MAX_INSERTED = 4096  # modules inserted into the fx graph (this machop inserts at most two per layer)
+MAX_CHAIN = 8  # parametrizations on one tensor (this machop makes at most two: a mask, a quantizer)
 _DATASET_INFO = {"num_classes": (int, 1, 1_000_000), "in_channels": (int, 1, 10_000)}
 
 
@@ -350,7 +352,9 @@ def _structure_errors(structure: Any) -> None:
             raise ValueError(f"ties[{i}] must be a list of two or more tensor names")
         for name in group:
             _text(name, f"ties[{i}]", _KEY)
-    for i, rec in enumerate(_list(s["inserted"], "inserted")):
+    if len(_list(s["inserted"], "inserted")) > MAX_INSERTED:
+        raise ValueError(f"inserted lists more than {MAX_INSERTED} modules")
+    for i, rec in enumerate(s["inserted"]):
         where = f"inserted[{i}]"
         _table(rec, {"name", "user", "arg", "class", "spec"}, set(), where)
         _text(rec["name"], f"{where}.name", _PATH)
@@ -368,8 +372,8 @@ def _structure_errors(structure: Any) -> None:
         _text(rec["tensor"], f"{where}.tensor", _KEY)
         if "." in rec["tensor"]:
             raise ValueError(f"{where}.tensor must be a name, got {short(rec['tensor'])}")
-        if not _list(rec["chain"], f"{where}.chain"):
-            raise ValueError(f"{where}.chain is empty")
+        if not 1 <= len(_list(rec["chain"], f"{where}.chain")) <= MAX_CHAIN:
+            raise ValueError(f"{where}.chain must hold 1 to {MAX_CHAIN} entries")
         for j, p in enumerate(rec["chain"]):
             _table(p, {"class", "spec"}, set(), f"{where}.chain[{j}]")
             _text(p["class"], f"{where}.chain[{j}].class")

@@ -153,7 +153,7 @@ PAYLOAD_CASES = [
      "parametrizations must be a list, got dict"),
     ("parametrization-extra-key", structure(lambda s: s["parametrizations"][0].update(x=1)), "unknown key 'x'"),
     ("parametrization-no-chain", structure(lambda s: s["parametrizations"][0].pop("chain")), "lacks key 'chain'"),
-    ("chain-empty", structure(lambda s: setitem(s["parametrizations"][0], "chain", [])), "chain is empty"),
+    ("chain-empty", structure(lambda s: setitem(s["parametrizations"][0], "chain", [])), "chain must hold 1 to 8 entries"),
     ("chain-not-list", structure(lambda s: setitem(s["parametrizations"][0], "chain", "WeightMask")), "must be a list"),
     ("chain-unknown-class", chain(0, lambda p: setitem(p, "class", "os.system")), "unknown class 'os.system'"),
     ("chain-class-number", chain(0, lambda p: setitem(p, "class", 5)), "class must be text, got 5"),

@@ -42,7 +42,9 @@ from torch import nn
 
 from machop.datasets import DatasetInfo
 from machop.ir import ArchitectureMismatch, MaseGraph, PassContext
+from machop.files import BadFileError
 from machop.ir.serialize import (
+    check_structure,
     apply_structure,
     base_graph,
     check_architecture,
@@ -52,11 +54,11 @@ from machop.ir.serialize import (
     state_signature,
 )
 from machop.models import MODELS, get_model
-from machop.nn import REBUILDABLE, WeightCodes, dense_parameter_count, has_compression, load_weight_codes, weight_codes
+from machop.nn import WeightCodes, dense_parameter_count, has_compression, load_weight_codes, weight_codes
+from machop.nn.rebuild import is_int, short
 
 from . import codec
-from .format import CompressedFileError, ContainerFile, pack_container, unpack_container, unpack_header
-from .format import read_container_header
+from .format import CompressedFileError, ContainerFile, pack_container, read_container_header, unpack_container, unpack_header
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +251,6 @@ _ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in _DTY
 MAX_RANK = 32  # dimensions of a recorded tensor
 MAX_NUMEL = 1 << 40  # elements of a recorded tensor (the model decides the real limit)
 MAX_CODEBOOK = codec.MAX_SYMBOLS  # 2^16 codebook entries (16-bit codes)
-MAX_CHAIN = 8  # parametrizations on one tensor (a file of this machop has at most 2: mask, quantizer)
 # Tensors the file does not store (a coded weight's original, masks, indices, centroids: re-created, then
 # overwritten with the decoded codes) may take at most this many times the target model's own state bytes,
 # plus a MiB. A k-means layer's takes 1.75x its float32 weight (2.5x with 2^16 clusters; 4x for float16 weights).
@@ -257,24 +258,14 @@ PLACEHOLDER_FACTOR, PLACEHOLDER_SLACK = 8, 1 << 20
 # A registry model that only the file names (no model, graph or context given) may hold at most this many
 # bytes per file byte, or MODEL_BYTES_FLOOR: Deep Compression makes files ~35-50x smaller than their model.
 MODEL_BYTES_PER_FILE_BYTE, MODEL_BYTES_FLOOR = 1024, 256 << 20
-MAX_DATASET_DIM = 1 << 16  # num_classes, in_channels, image sides recorded in dataset_info
-# Modules inserted into the fx graph: a model of this machop usually has at most two per layer (an activation
-# mask and an input quantizer). Each insertion recompiles the graph (O(nodes)), so their number is bounded by the
-# header (MAX_INSERTED) and, before any is made, by the target graph (INSERTED_PER_NODE x its nodes).
-MAX_INSERTED, INSERTED_PER_NODE = 4096, 4
+# Each insertion of a module recompiles the graph (O(nodes)), so their number is bounded by the header
+# (serialize.MAX_INSERTED) and, before any is made, by the target graph (INSERTED_PER_NODE x its nodes).
+INSERTED_PER_NODE = 4
 
 _HEADER_KEYS = {"format", "structure", "tensors", "raw", "aliases", "index_bits", "dense_params", "layers"}
-_STRUCTURE_KEYS = {"model", "dataset_info", "class", "ties", "inserted", "parametrizations"}
-_DATASET_KEYS = {"name", "num_classes", "in_channels", "image_size"}
-_INSERTED_KEYS = {"name", "user", "arg", "class", "spec"}
-_CHAIN_KEYS = {"module", "tensor", "chain"}
 _LAYER_KEYS = {"name", "node", "shape", "kind", "bits", "codebook_size", "nnz", "values", "gaps"}
 _STREAM_KEYS = {"count", "nbits", "block", "sync_base", "sync_width", "symbols", "lengths"}
 _KINDS = ("kmeans", "integer")
-
-
-def _is_int(x: object) -> bool:
-    return type(x) is int  # JSON true/false are not integers here
 
 
 def _numel(shape: list[int]) -> int:
@@ -299,75 +290,34 @@ def _str(x: object, what: str, empty: bool = False) -> str:
 
 
 def _int(x: object, what: str, lo: int, hi: int) -> int:
-    _need(_is_int(x) and lo <= x <= hi, f"{what} must be an integer in [{lo}, {hi}], got {_short(x)}")
+    _need(is_int(x) and lo <= x <= hi, f"{what} must be an integer in [{lo}, {hi}], got {short(x)}")
     return x
-
-
-def _short(x: object) -> str:
-    text = repr(x)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _keys(obj: object, required: set[str], what: str, optional: frozenset[str] = frozenset()) -> dict:
     _need(isinstance(obj, dict), f"{what} must be an object")
     missing, extra = required - set(obj), set(obj) - required - optional
     _need(not missing, f"{what} lacks {', '.join(sorted(missing))}")
-    _need(not extra, f"{what} has unknown key(s) {', '.join(sorted(map(_short, extra)))}")
+    _need(not extra, f"{what} has unknown key(s) {', '.join(sorted(map(short, extra)))}")
     return obj
 
 
 def _shape(x: object, what: str) -> list[int]:
-    _need(isinstance(x, list) and len(x) <= MAX_RANK and all(_is_int(d) and 0 <= d <= MAX_NUMEL for d in x),
-          f"{what}: shape must be a list of at most {MAX_RANK} integers in [0, {MAX_NUMEL}], got {_short(x)}")
+    _need(isinstance(x, list) and len(x) <= MAX_RANK and all(is_int(d) and 0 <= d <= MAX_NUMEL for d in x),
+          f"{what}: shape must be a list of at most {MAX_RANK} integers in [0, {MAX_NUMEL}], got {short(x)}")
     n = 1
     for d in x:  # each factor <= MAX_NUMEL: the product stays small until it is refused
         n *= max(d, 1)  # also with a 0 dimension: torch computes strides from the others
-        _need(n <= MAX_NUMEL, f"{what}: shape {_short(x)} has more than {MAX_NUMEL} elements")
+        _need(n <= MAX_NUMEL, f"{what}: shape {short(x)} has more than {MAX_NUMEL} elements")
     return list(x)
 
 
 def _check_structure(s: object) -> dict:
-    """The ``structure`` record (machop.ir.serialize.describe_structure): exact keys, JSON types."""
-    s = _keys(s, _STRUCTURE_KEYS, "structure")
-    _need(s["model"] is None or isinstance(s["model"], str) and s["model"], "structure.model must be a name or null")
-    _need(s["class"] is None or isinstance(s["class"], str), "structure.class must be a string or null")
-    info = s["dataset_info"]
-    if info is not None:
-        _keys(info, _DATASET_KEYS, "structure.dataset_info")
-        _str(info["name"], "structure.dataset_info.name", empty=True)
-        _int(info["num_classes"], "structure.dataset_info.num_classes", 1, MAX_DATASET_DIM)
-        _int(info["in_channels"], "structure.dataset_info.in_channels", 1, MAX_DATASET_DIM)
-        size = info["image_size"]
-        _need(isinstance(size, list) and len(size) == 2, "structure.dataset_info.image_size must be [height, width]")
-        for d in size:
-            _int(d, "structure.dataset_info.image_size", 1, MAX_DATASET_DIM)
-    ties = s["ties"]
-    _need(isinstance(ties, list) and all(isinstance(g, list) and len(g) >= 2 and all(isinstance(k, str) for k in g)
-                                         for g in ties), "structure.ties must be a list of lists of tensor names")
-    _need(isinstance(s["inserted"], list), "structure.inserted must be a list")
-    _need(len(s["inserted"]) <= MAX_INSERTED, f"structure.inserted has more than {MAX_INSERTED} modules")
-    for rec in s["inserted"]:
-        _keys(rec, _INSERTED_KEYS, "structure.inserted[]")
-        _str(rec["name"], "structure.inserted[].name")
-        _str(rec["user"], "structure.inserted[].user")
-        _int(rec["arg"], "structure.inserted[].arg", 0, 1 << 16)
-        _need(isinstance(rec["class"], str) and rec["class"] in REBUILDABLE,
-              f"structure.inserted[] names unknown class {_short(rec['class'])}")
-        _need(isinstance(rec["spec"], dict), "structure.inserted[].spec must be an object")
-    _need(isinstance(s["parametrizations"], list), "structure.parametrizations must be a list")
-    for rec in s["parametrizations"]:
-        _keys(rec, _CHAIN_KEYS, "structure.parametrizations[]")
-        _str(rec["module"], "structure.parametrizations[].module", empty=True)
-        _str(rec["tensor"], "structure.parametrizations[].tensor")
-        chain = rec["chain"]
-        _need(isinstance(chain, list) and 1 <= len(chain) <= MAX_CHAIN,
-              f"structure.parametrizations[].chain must be a list of 1 to {MAX_CHAIN} entries")
-        for p in chain:
-            _keys(p, {"class", "spec"}, "structure.parametrizations[].chain[]")
-            _need(isinstance(p["class"], str) and p["class"] in REBUILDABLE,
-                  f"structure.parametrizations[] names unknown class {_short(p['class'])}")
-            _need(isinstance(p["spec"], dict), "structure.parametrizations[].chain[].spec must be an object")
-    return s
+    """The ``structure`` record, checked as every machop file's is (`machop.ir.serialize.check_structure`)."""
+    try:
+        return check_structure(s, "structure")
+    except BadFileError as e:
+        raise _Bad(str(e)) from None
 
 
 class _Layer:
@@ -439,7 +389,7 @@ class _Header:
         self.name = name
         if header.get("format") != FORMAT_NAME:
             raise CompressedFileError(
-                f"{name}: not a machop Huffman model file (format {_short(header.get('format'))})")
+                f"{name}: not a machop Huffman model file (format {short(header.get('format'))})")
         try:
             self._check(header, section_lengths)
         except _Bad as e:
@@ -459,7 +409,7 @@ class _Header:
             _need(key not in self.sig, f"tensor {key!r} is recorded twice")
             shape = _shape(entry[1], f"tensor {key!r}")
             _need(isinstance(entry[2], str) and entry[2] in _DTYPES,
-                  f"tensor {key!r} has unknown dtype {_short(entry[2])}")
+                  f"tensor {key!r} has unknown dtype {short(entry[2])}")
             self.signature.append([key, shape, entry[2]])
             self.sig[key] = (shape, entry[2])
         raw = header["raw"]
@@ -489,7 +439,7 @@ class _Header:
         _need(len(set(prefixes)) == len(prefixes), "two layer records code the same tensor")
         expected = {"raw", *(layer.section for layer in self.layers)}
         extra = set(section_lengths) - expected
-        _need(not extra, f"unknown section {_short(sorted(extra)[0]) if extra else ''}")
+        _need(not extra, f"unknown section {short(sorted(extra)[0]) if extra else ''}")
         _need("raw" in section_lengths, "raw section missing")
         self.raw_bytes = [_numel(self.sig[k][0]) * _ITEMSIZE[self.sig[k][1]] for k in raw]
         _need(section_lengths["raw"] == sum(self.raw_bytes),

@@ -573,16 +573,16 @@ def test_report_cases_name_what_is_wrong(original):
         "negative-dims": r"shape must be a list",
         "huge-dims": r"shape must be a list",
         "section-claims-1TB": r"truncated",
-        "structure-extra-key": r"structure has unknown key\(s\) 'extra'",
-        "structure-missing-key": r"structure lacks parametrizations",
-        "structure-wrong-type": r"structure.inserted must be a list",
+        "structure-extra-key": r"structure: bad structure record: the record has unknown key 'extra'",
+        "structure-missing-key": r"structure: bad structure record: the record lacks key 'parametrizations'",
+        "structure-wrong-type": r"structure: bad structure record: inserted must be a list",
         "consistent-100GB-model": r"names a lenet5 of \d+ bytes, more than a \d+-byte file can hold",
         "zlib-bomb": r"inflates to more than",
         "json-bomb-2MiB": r"the header has unknown key\(s\) 'x'",
         "nesting-100000": rf"nested deeper than {MAX_HEADER_DEPTH}",
         "block-2^20": r"layer 'fc1': values: bad stream description: field out of range",
         "inserted-chain-1000": r"it inserts 1006 modules into a graph of 10 nodes \(at most 4 per node\)",
-        "inserted-chain-4097": r"structure.inserted has more than 4096 modules",
+        "inserted-chain-4097": r"structure: bad structure record: inserted lists more than 4096 modules",
     }
     for name, data in cases.items():
         with pytest.raises(CompressedFileError, match=expect[name]) as err:
