@@ -15,16 +15,17 @@ from each result's labels and centroids.
 Prints one row per layer and the totals: time ratio (sklearn / ours), SSE
 ratio (ours / sklearn; <= 1 means ours is no worse), iterations (ours/theirs)
 and which empty-cluster rule our kept run used (none met / farthest /
-bisect). Times are the fastest of ``--repeat`` wall-clock runs on whatever
-cores there are (scikit-learn uses all of them through OpenMP; ours is
-single-threaded numpy).
+bisect). Each layer is clustered ``--rounds`` times by both, interleaved
+(`timing.interleaved`); the total's speed-up is quoted as the median of the
+rounds' ratios with the lowest and highest, on whatever cores there are
+(scikit-learn uses all of them through OpenMP; ours is single-threaded numpy).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import statistics
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from machop.datasets import get_dataset_info
 from machop.ir import MaseGraph
 from machop.models import get_model
 from machop.passes.graph.transforms.quantize.kmeans import initial_centroids, kmeans_1d
+
+from timing import interleaved, ratios, spread, timed
 
 
 def sse(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
@@ -55,54 +58,54 @@ def layer_weights(prune: float, seed: int) -> list[tuple[str, np.ndarray, int]]:
     return out
 
 
-def best_of(repeat: int, fn):
-    """(result, seconds): the fastest of ``repeat`` calls (the machine may be shared; noise only adds time)."""
-    best = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        if best is None or dt < best[1]:
-            best = (out, dt)
-    return best
-
-
-def run(prune: float, max_iter: int, tol: float, seed: int, repeat: int) -> None:
+def run(prune: float, max_iter: int, tol: float, seed: int, rounds: int) -> None:
     """One table: every layer clustered by both, then the totals."""
     layers = layer_weights(prune, seed)
     kmeans_1d(layers[0][1], 4)  # warm-up (imports, allocator)
     head = (f"{'layer':<22} {'n':>9} {'k':>4} {'ours ms':>9} {'sklearn ms':>11} {'speedup':>8} {'iters':>9} "
             f"{'SSE ratio':>10} {'empty':>8}")
     print(f"resnet18 / cifar10, prune={prune}, max_iter={max_iter}, tol={tol}, cpu cores={os.cpu_count()}, "
-          f"best of {repeat}")
+          f"{rounds} interleaved rounds (median ms per layer)")
     print(head)
     print("-" * len(head))
-    t_ours = t_sk = e_ours = e_sk = 0.0
+    t_ours, t_sk = [0.0] * rounds, [0.0] * rounds  # per round, summed over layers
+    e_ours = e_sk = 0.0
     worst = 0.0
     for name, x, bits in layers:
         k = 2**bits
         init = initial_centroids(np.sort(x).astype(np.float64), k, "linear")
+        results = {}
 
-        res, t_a = best_of(repeat, lambda: kmeans_1d(x, k, init="linear", max_iter=max_iter, tol=tol))
-        km, t_b = best_of(repeat, lambda: KMeans(n_clusters=k, init=init.astype(np.float32).reshape(-1, 1), n_init=1,
-                                                 max_iter=max_iter, tol=tol, algorithm="lloyd").fit(x.reshape(-1, 1)))
+        def ours() -> float:
+            results["ours"], seconds = timed(lambda: kmeans_1d(x, k, init="linear", max_iter=max_iter, tol=tol))
+            return seconds
 
-        ours = sse(x, res.centroids.numpy(), res.labels.numpy())
+        def sklearn() -> float:
+            results["sklearn"], seconds = timed(lambda: KMeans(
+                n_clusters=k, init=init.astype(np.float32).reshape(-1, 1), n_init=1, max_iter=max_iter, tol=tol,
+                algorithm="lloyd").fit(x.reshape(-1, 1)))
+            return seconds
+
+        times = interleaved({"ours": ours, "sklearn": sklearn}, rounds)
+        t_ours = [a + b for a, b in zip(t_ours, times["ours"])]
+        t_sk = [a + b for a, b in zip(t_sk, times["sklearn"])]
+        res, km = results["ours"], results["sklearn"]
+        mine = sse(x, res.centroids.numpy(), res.labels.numpy())
         theirs = sse(x, km.cluster_centers_[:, 0], km.labels_)
-        ratio = ours / theirs if theirs > 0 else 1.0
+        ratio = mine / theirs if theirs > 0 else 1.0
         worst = max(worst, ratio)
-        t_ours += t_a
-        t_sk += t_b
-        e_ours += ours
+        e_ours += mine
         e_sk += theirs
-        print(f"{name:<22} {x.size:>9} {k:>4} {1e3 * t_a:>9.1f} {1e3 * t_b:>11.1f} "
-              f"{t_b / t_a:>7.1f}x {res.n_iter:>4}/{km.n_iter_:<4} {ratio:>10.6f} {res.relocation:>8}")
+        a, b = statistics.median(times["ours"]), statistics.median(times["sklearn"])
+        print(f"{name:<22} {x.size:>9} {k:>4} {1e3 * a:>9.1f} {1e3 * b:>11.1f} "
+              f"{b / a:>7.1f}x {res.n_iter:>4}/{km.n_iter_:<4} {ratio:>10.6f} {res.relocation:>8}")
     print("-" * len(head))
     n = sum(x.size for _, x, _ in layers)
-    print(f"{'total':<22} {n:>9} {'':>4} {1e3 * t_ours:>9.1f} {1e3 * t_sk:>11.1f} {t_sk / t_ours:>7.1f}x "
+    a, b = statistics.median(t_ours), statistics.median(t_sk)
+    print(f"{'total':<22} {n:>9} {'':>4} {1e3 * a:>9.1f} {1e3 * b:>11.1f} {b / a:>7.1f}x "
           f"{'':>9} {e_ours / e_sk:>10.6f}")
-    print(f"prune={prune}: speedup (sklearn time / ours) {t_sk / t_ours:.1f}x; total SSE ours/sklearn "
-          f"{e_ours / e_sk:.6f}; worst layer SSE ratio {worst:.6f}")
+    print(f"prune={prune}: speedup (sklearn time / ours, whole model per round) {spread(ratios(t_sk, t_ours), '.1f')}; "
+          f"total SSE ours/sklearn {e_ours / e_sk:.6f}; worst layer SSE ratio {worst:.6f}")
 
 
 def main() -> None:
@@ -112,12 +115,12 @@ def main() -> None:
     ap.add_argument("--max-iter", type=int, default=300)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="time each clustering this many times, keep the fastest")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of both sides")
     args = ap.parse_args()
     for i, prune in enumerate(args.prune):
         if i:
             print()
-        run(prune, args.max_iter, args.tol, args.seed, args.repeat)
+        run(prune, args.max_iter, args.tol, args.seed, args.rounds)
 
 
 if __name__ == "__main__":

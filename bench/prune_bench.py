@@ -11,10 +11,11 @@ What is measured, per case and implementation, in a fresh child process:
 
 - time: wall-clock of the call (``prune_transform_pass`` including its
   report, which runs one batch-1 forward for MACs; vs the torch.nn.utils.prune
-  loop), best (min) of ``--repeats`` runs, each on a fresh copy of the model
-  (tracing the model into a MaseGraph is not timed), in a child process with
-  the default allocator settings. The minimum is the least disturbed run on
-  a shared machine;
+  loop) on a fresh copy of the model (tracing the model into a MaseGraph is
+  not timed), one run per child process with the default allocator
+  settings. ``--rounds`` rounds run both sides in turn (`timing.interleaved`);
+  the ratio quoted is the median of the rounds' ratios, with the lowest and
+  highest;
 - peak: the highest resident memory (RSS) seen during the call minus the RSS
   just before it, sampled every 0.2 ms by a thread reading /proc/self/statm,
   in a separate child (one run). torch's CPU allocator sits on malloc, and
@@ -26,7 +27,7 @@ What is measured, per case and implementation, in a fresh child process:
   to the model for good (machop: a bool mask per weight; torch.nn.utils.prune:
   a float mask, the original weight and the recomputed weight).
 
-Run: ``python bench/prune_bench.py [--repeats 3]``. Prints a table; ratios are
+Run: ``python bench/prune_bench.py [--rounds 5]``. Prints a table; ratios are
 torch.nn.utils.prune / machop (above 1: machop is faster or smaller).
 """
 
@@ -42,6 +43,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from timing import interleaved, ratios, spread
 
 CASES = [("local", 0.5), ("local", 0.9), ("global", 0.5), ("global", 0.9)]
 IMPLS = ("machop", "torch")
@@ -131,21 +134,22 @@ def _child(impl: str, scope: str, sparsity: float, repeats: int, mode: str) -> d
     return {"peak": max(peaks), "kept": statistics.median(kept), "pruned": pruned}
 
 
-def _measure(impl: str, scope: str, sparsity: float, repeats: int) -> dict:
-    result = {}
-    for mode, env, n in [("time", {}, repeats), ("memory", {"MALLOC_MMAP_THRESHOLD_": "65536",
-                                                            "MALLOC_TRIM_THRESHOLD_": "0"}, 1)]:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", impl, scope, str(sparsity), "--repeats", str(n), "--mode", mode],
-            env={**os.environ, **env}, capture_output=True, text=True, check=True,
-        )
-        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    return result
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def _child_run(impl: str, scope: str, sparsity: float, mode: str) -> dict:
+    """One measurement in a fresh child process."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", impl, scope, str(sparsity), "--repeats", "1", "--mode", mode],
+        env={**os.environ, **(MEMORY_ENV if mode == "memory" else {})}, capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of both sides (timing)")
+    parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["time", "memory"], default="time", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "SCOPE", "SPARSITY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,18 +161,29 @@ def main() -> None:
     import torch
 
     print(f"ResNet-18 (cifar10 shape, 11.2M weights), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.repeats} repeats; ratio = torch.nn.utils.prune / machop")
-    header = (f"{'case':<14}{'machop s':>10}{'torch s':>10}{'ratio':>7}"
+          f"{args.rounds} interleaved rounds; ratio = torch.nn.utils.prune / machop, median (lowest-highest)")
+    header = (f"{'case':<14}{'machop s':>10}{'torch s':>10}{'time ratio':>22}"
               f"{'machop peak MB':>16}{'torch peak MB':>15}{'ratio':>7}{'machop kept MB':>16}{'torch kept MB':>15}")
     print(header)
     print("-" * len(header))
     mb = 1 / 2**20
     for scope, sparsity in CASES:
-        r = {impl: _measure(impl, scope, sparsity, args.repeats) for impl in IMPLS}
-        if r["machop"]["pruned"] != r["torch"]["pruned"]:
-            print(f"  warning: pruned counts differ: {r['machop']['pruned']} vs {r['torch']['pruned']}")
-        m, t = r["machop"], r["torch"]
-        print(f"{scope + ' ' + str(sparsity):<14}{m['time']:>10.3f}{t['time']:>10.3f}{t['time'] / m['time']:>7.2f}"
+        pruned = {}
+
+        def side(impl: str):
+            def run() -> float:
+                r = _child_run(impl, scope, sparsity, "time")
+                pruned[impl] = r["pruned"]
+                return r["time"]
+            return run
+
+        times = interleaved({impl: side(impl) for impl in IMPLS}, args.rounds)
+        mem = {impl: _child_run(impl, scope, sparsity, "memory") for impl in IMPLS}
+        if pruned["machop"] != pruned["torch"]:
+            print(f"  warning: pruned counts differ: {pruned['machop']} vs {pruned['torch']}")
+        m, t = mem["machop"], mem["torch"]
+        print(f"{scope + ' ' + str(sparsity):<14}{statistics.median(times['machop']):>10.3f}"
+              f"{statistics.median(times['torch']):>10.3f}{spread(ratios(times['torch'], times['machop'])):>22}"
               f"{m['peak'] * mb:>16.1f}{t['peak'] * mb:>15.1f}{t['peak'] / max(m['peak'], 1):>7.2f}"
               f"{m['kept'] * mb:>16.1f}{t['kept'] * mb:>15.1f}")
 
