@@ -11,18 +11,20 @@ over all layers:
 Both coders get the same stream in the same run. "Encode" is building the
 code from the data plus encoding (``HuffmanCodec.from_data`` + ``encode``
 for dahuffman, which gets a Python list: its fastest input), "decode" is
-bytes back to symbols. Times are the best of several runs. Sizes: machop
+bytes back to symbols. Both sides run in turn for ``--rounds`` rounds
+(`timing.interleaved`); a speed-up is the median of the rounds' ratios, with
+the lowest and highest. Sizes: machop
 counts payload + sync table; dahuffman its output bytes (it codes an extra
 end-of-file symbol). The entropy bound is the zeroth-order entropy of the
 stream, in bits per symbol.
 
-    python bench/huffman_bench.py [--sparsity 0.9] [--weight-bits 5] [--repeat 15] [--dh-repeat 3]
+    python bench/huffman_bench.py [--sparsity 0.9] [--weight-bits 5] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import numpy as np
 import torch
@@ -36,6 +38,8 @@ from machop.passes.graph.transforms.huffman.model import encode_model, gap_encod
 from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.nn import weight_codes
 from machop.passes.graph.transforms.quantize import quantize_transform_pass
+
+from timing import interleaved, ratios, spread, timed
 
 
 def streams(sparsity: float, index_bits: int, seed: int, weight_bits: int | None = None
@@ -57,38 +61,43 @@ def streams(sparsity: float, index_bits: int, seed: int, weight_bits: int | None
     return {"index": np.concatenate(index), "gap": np.concatenate(gaps)}, graph
 
 
-def best_time(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def entropy(x: np.ndarray) -> float:
     p = np.unique(x, return_counts=True)[1] / x.size
     return float(-(p * np.log2(p)).sum())
 
 
-def bench_stream(name: str, x: np.ndarray, repeat: int, dh_repeat: int) -> dict:
+def bench_stream(name: str, x: np.ndarray, rounds: int) -> dict:
     n = x.size
     as_list = x.tolist()
-    t_enc, ours = best_time(lambda: codec.encode(x), repeat)
-    t_dec, back = best_time(lambda: codec.decode(ours), repeat)
-    assert np.array_equal(back, x)
+    out: dict = {}
 
-    def dh_encode():
-        c = HuffmanCodec.from_data(as_list)
-        return c, c.encode(as_list)
+    def ours_enc() -> float:
+        out["ours"], seconds = timed(lambda: codec.encode(x))
+        return seconds
 
-    t_dh_enc, (dh, dh_bytes) = best_time(dh_encode, dh_repeat)
-    t_dh_dec, dh_back = best_time(lambda: dh.decode(dh_bytes), dh_repeat)
-    assert dh_back == as_list
+    def dh_enc() -> float:
+        out["dh"], seconds = timed(lambda: (c := HuffmanCodec.from_data(as_list), c.encode(as_list)))
+        return seconds
+
+    enc = interleaved({"ours": ours_enc, "dh": dh_enc}, rounds)
+    ours, (dh, dh_bytes) = out["ours"], out["dh"]
+
+    def ours_dec() -> float:
+        out["back"], seconds = timed(lambda: codec.decode(ours))
+        return seconds
+
+    def dh_dec() -> float:
+        out["dh_back"], seconds = timed(lambda: dh.decode(dh_bytes))
+        return seconds
+
+    dec = interleaved({"ours": ours_dec, "dh": dh_dec}, rounds)
+    assert np.array_equal(out["back"], x) and out["dh_back"] == as_list
     return {
         "stream": name, "symbols": n, "alphabet": int(np.unique(x).size), "entropy": entropy(x),
         "ours_bits": 8 * ours.nbytes / n, "ours_payload_bits": ours.nbits / n, "dh_bits": 8 * len(dh_bytes) / n,
-        "ours_enc": n / t_enc, "ours_dec": n / t_dec, "dh_enc": n / t_dh_enc, "dh_dec": n / t_dh_dec,
+        "ours_enc": n / statistics.median(enc["ours"]), "ours_dec": n / statistics.median(dec["ours"]),
+        "dh_enc": n / statistics.median(enc["dh"]), "dh_dec": n / statistics.median(dec["dh"]),
+        "enc_x": spread(ratios(enc["dh"], enc["ours"]), ".1f"), "dec_x": spread(ratios(dec["dh"], dec["ours"]), ".1f"),
     }
 
 
@@ -97,30 +106,29 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--index-bits", type=int, default=5)
     ap.add_argument("--weight-bits", type=int, default=None, help="k-means bits for every layer (default: 8 conv, 5 linear)")
-    ap.add_argument("--repeat", type=int, default=15, help="runs of machop's codec (best is kept)")
-    ap.add_argument("--dh-repeat", type=int, default=3, help="runs of dahuffman (best is kept)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of both coders")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     data, graph = streams(args.sparsity, args.index_bits, args.seed, args.weight_bits)
-    rows = [bench_stream(name, x, args.repeat, args.dh_repeat) for name, x in data.items()]
+    rows = [bench_stream(name, x, args.rounds) for name, x in data.items()]
 
     bits = "8-bit conv / 5-bit linear" if args.weight_bits is None else f"{args.weight_bits}-bit"
     print(f"resnet18, {args.sparsity:.0%} l1 pruning + k-means ({bits}), index_bits = {args.index_bits}; "
-          f"best of {args.repeat} runs (dahuffman {args.dh_repeat})\n")
+          f"{args.rounds} interleaved rounds; Msym/s from median times, x = median (lowest-highest) of the rounds\n")
     head = (f"{'stream':<6} {'symbols':>9} {'alph':>5} {'entropy':>8} {'ours b/s':>9} {'dahuff b/s':>10} "
-            f"{'size ours/dh':>12} | {'enc Msym/s':>10} {'dh enc':>7} {'x':>6} | {'dec Msym/s':>10} {'dh dec':>7} {'x':>6}")
+            f"{'size ours/dh':>12} | {'enc Msym/s':>10} {'dh enc':>7} {'x':>20} | {'dec Msym/s':>10} {'dh dec':>7} {'x':>20}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['stream']:<6} {r['symbols']:>9,} {r['alphabet']:>5} {r['entropy']:>8.4f} {r['ours_bits']:>9.4f} "
               f"{r['dh_bits']:>10.4f} {r['ours_bits'] / r['dh_bits']:>12.4f} | {r['ours_enc'] / 1e6:>10.1f} "
-              f"{r['dh_enc'] / 1e6:>7.2f} {r['ours_enc'] / r['dh_enc']:>6.1f} | {r['ours_dec'] / 1e6:>10.1f} "
-              f"{r['dh_dec'] / 1e6:>7.2f} {r['ours_dec'] / r['dh_dec']:>6.1f}")
+              f"{r['dh_enc'] / 1e6:>7.2f} {r['enc_x']:>20} | {r['ours_dec'] / 1e6:>10.1f} "
+              f"{r['dh_dec'] / 1e6:>7.2f} {r['dec_x']:>20}")
     print("\nb/s = bits per symbol (ours: payload + sync table; payload alone: "
           + ", ".join(f"{r['stream']} {r['ours_payload_bits']:.4f}" for r in rows) + ")")
 
-    t_file, (blob, report) = best_time(lambda: encode_model(graph), 1)
+    (blob, report), t_file = timed(lambda: encode_model(graph))
     total = report["total"]
     print(f"whole file: {total['file_bytes']:,} bytes ({total['ratio']:.1f}x smaller than {total['dense_bytes']:,} "
           f"dense fp32 bytes), {total['bits_per_weight']:.3f} bits/weight + {total['bits_per_index']:.3f} "
