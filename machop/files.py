@@ -27,6 +27,12 @@ class IsADirectory(BadFileError, IsADirectoryError):
     """The path names a directory (also an IsADirectoryError)."""
 
 
+def why(e: BaseException) -> str:
+    """``Type: first line of its message`` (at most 300 characters) of an exception, for a one-line refusal."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+
+
 def open_regular(path: str | os.PathLike) -> BinaryIO:
     """``path`` opened for binary reading, refused unless it is a regular file (never blocks on a FIFO).
 

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from machop.files import BadFileError, open_regular, pickle_cost
+from machop.files import BadFileError, open_regular, pickle_cost, why
 
 
 try:  # numpy >= 2
@@ -83,12 +83,6 @@ def restricted_load(file: BinaryIO | bytes) -> Any:
     return RestrictedUnpickler(file, encoding="bytes").load()
 
 
-def _why(e: BaseException) -> str:
-    """``Type: first line of the message`` of an exception, for a one-line error."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
 def read_batch_bytes(path: Path, limit: int = MAX_BATCH_BYTES) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (checked before reading; one-line errors)."""
     with open_regular(path) as f:
@@ -117,7 +111,7 @@ def load_cifar_batch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         cost = pickle_cost(raw, limit)
     except Exception as e:  # truncated or not a pickle at all
-        raise ValueError(f"{path}: not a CIFAR-10 batch ({_why(e)})") from None
+        raise ValueError(f"{path}: not a CIFAR-10 batch ({why(e)})") from None
     if cost > limit:
         raise ValueError(f"{path}: not a CIFAR-10 batch (its pickle would build objects of more than "
                          f"{limit >> 20} MiB from {len(raw)} bytes)")
@@ -126,7 +120,7 @@ def load_cifar_batch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     except RefusedPickleError as e:
         raise RefusedPickleError(f"{path}: {e}") from None
     except Exception as e:  # truncated or not a pickle at all, an array shape its bytes do not fill
-        raise ValueError(f"{path}: not a CIFAR-10 batch ({_why(e)})") from None
+        raise ValueError(f"{path}: not a CIFAR-10 batch ({why(e)})") from None
     del raw
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")

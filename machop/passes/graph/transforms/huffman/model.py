@@ -42,7 +42,7 @@ from torch import nn
 
 from machop.datasets import DatasetInfo
 from machop.ir import ArchitectureMismatch, MaseGraph, PassContext
-from machop.files import BadFileError
+from machop.files import BadFileError, why
 from machop.ir.serialize import (
     check_structure,
     apply_structure,
@@ -601,7 +601,7 @@ class _Decoder:
             try:
                 apply_structure(graph, hdr.structure, state)
             except Exception as e:  # rebuild() calls constructors with the file's specs: any error is the file's
-                detail = _without(str(e), "saved structure") if isinstance(e, ValueError) else _one_line(e)
+                detail = _without(str(e), "saved structure") if isinstance(e, ValueError) else why(e)
                 raise self.fail(f"cannot re-create the model's structure ({detail})") from None
         return state
 
@@ -648,19 +648,13 @@ class _Decoder:
             for qualname, tensor, wc in codes:
                 load_weight_codes(graph.model.get_submodule(qualname), wc, tensor)
         except Exception as e:  # the structure the file names does not take its codes (a kind or grid mismatch)
-            raise self.fail(f"cannot load the decoded weights ({_one_line(e)})") from None
+            raise self.fail(f"cannot load the decoded weights ({why(e)})") from None
 
 
 def _without(message: str, name: str) -> str:
     """``message`` without a leading file name (`fail` adds it back), on one line."""
     message = (message.splitlines() or [""])[0]
     return message.removeprefix(f"{name}: ").removeprefix(f"{name} ")
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return f"{type(e).__name__}: {text[:300]}"
 
 
 def check_header(header: dict, section_lengths: dict[str, int], name: str = "compressed file") -> None:
