@@ -34,7 +34,7 @@ from sklearn.cluster import KMeans
 from machop.datasets import get_dataset_info
 from machop.ir import MaseGraph
 from machop.models import get_model
-from machop.passes.graph.transforms.quantize.kmeans import initial_centroids, kmeans_1d
+from machop.nn.kmeans import initial_centroids, kmeans_1d
 
 from timing import interleaved, ratios, spread, timed
 

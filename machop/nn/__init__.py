@@ -7,6 +7,7 @@
   ``codebook[codes] * mask``, what the Huffman coder stores;
 - `compressible_weights`: every weight of a model that machop compresses
   (`KINDS`), each once, with every site a tied or reused weight lives at;
+- `kmeans_1d`: exact 1-D k-means, the clustering behind weight sharing;
 - `REBUILDABLE`: the classes a saved file may name.
 
 It imports nothing else of machop; everything else builds on it.
@@ -15,6 +16,7 @@ It imports nothing else of machop; everything else builds on it.
 from .activation import ActivationPrune
 from .codes import WeightCodes, fixed_point_grid, load_weight_codes, quantizer_of, weight_codes
 from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH, FixedPoint, fixed_point_codes, fixed_point_range, quantize_fixed_point
+from .kmeans import KMeans1DResult, kmeans_1d
 from .masks import WeightMask, apply_mask, get_mask
 from .ranking import group_scores, lowest_k_mask, prune_count
 from .rebuild import REBUILDABLE, has_compression, is_rebuildable, rebuild, rebuildable, spec_of
@@ -40,10 +42,10 @@ from .weights import (
 )
 
 __all__ = [
-    "ActivationPrune", "FixedPoint", "KIND_NAMES", "KINDS", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
+    "ActivationPrune", "FixedPoint", "KIND_NAMES", "KINDS", "KMeans1DResult", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
     "MAX_WIDTH", "REBUILDABLE", "Weight", "WeightCodes", "WeightMask", "apply_mask", "bake", "chain",
     "compressible_weights", "dense_parameter_count", "fixed_point_codes", "fixed_point_grid", "fixed_point_range",
-    "get_mask", "group_scores", "has_compression", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "load_weight_codes", "nonzero_parameter_count",
+    "get_mask", "group_scores", "has_compression", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "kmeans_1d", "load_weight_codes", "nonzero_parameter_count",
     "lowest_k_mask", "module_paths", "most_specific", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register",
     "spec_of", "stored", "tensor_sites", "tied_tensors", "weight_codes",
 ]

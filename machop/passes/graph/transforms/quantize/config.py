@@ -56,7 +56,7 @@ from typing import Literal, Union
 from machop.config import ConfigError, check_range, from_dict, join
 from machop.nn import KIND_NAMES, MAX_FRAC_WIDTH, MAX_WIDTH, LayerKind
 
-from .kmeans import Init
+from machop.nn.kmeans import Init
 
 BY = ("type", "name", "regex_name")
 ARITHMETICS = ("integer", "kmeans")

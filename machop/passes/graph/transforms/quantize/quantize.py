@@ -26,11 +26,10 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, join, pass_path
 from machop.ir import MaseGraph
-from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, index_dtype, most_specific, quantizer_of, register
+from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, index_dtype, kmeans_1d, most_specific, quantizer_of, register
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 
 from .config import KIND_NAMES, IntegerConfig, KMeansConfig, LayerConfig, QuantizeArgs, parse_quantize_args
-from .kmeans import kmeans_1d
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from machop.passes.graph.transforms.quantize.kmeans import initial_centroids, kmeans_1d
+from machop.nn.kmeans import initial_centroids, kmeans_1d
 
 
 def brute_force_lloyd(x: np.ndarray, c: np.ndarray, max_iter: int = 1000):
