@@ -1,4 +1,5 @@
-"""Figures of a run (matplotlib, PNG): sparsity per layer, weight histogram with centroids, accuracy and size per step."""
+"""Figures of a run (matplotlib, PNG): sparsity per layer, weight histogram with centroids, accuracy and size per step,
+per-layer sensitivity to pruning and weight sharing."""
 
 from __future__ import annotations
 
@@ -71,3 +72,41 @@ def plot_steps(rows: list[dict], dense_bytes: int, path: Path) -> Path:
     ax2.set_yscale("log")
     ax1.set_title("Accuracy and size per step")
     return _save(fig, path)
+
+
+def plot_sensitivity(sensitivity: dict, path: Path) -> Path:
+    """Per layer, accuracy against sparsity (and, when measured, against k-means bits); the baseline dashed.
+
+    ``sensitivity``: `machop.passes.graph.analysis.sensitivity.Sensitivity.to_json()`.
+    """
+    layers = sensitivity["layers"]
+    with_bits = any(layer["bits"] for layer in layers)
+    with_sparsity = any(layer["sparsity"] for layer in layers)
+    panels = [p for p, on in (("sparsity", with_sparsity), ("bits", with_bits)) if on] or ["sparsity"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 4), squeeze=False)
+    colors = plt.get_cmap("tab10" if len(layers) <= 10 else "tab20")
+    baseline = sensitivity["baseline_acc"]
+    handles: dict[str, object] = {}  # label → line; labels given explicitly (matplotlib hides ones starting "_")
+    for ax, panel in zip(axes[0], panels):
+        for i, layer in enumerate(layers):
+            points = layer[panel]
+            if not points:
+                continue
+            label = f"{layer['name']} ({layer['weights']:,})"
+            style = ("o-", "s:", "^-.")[(i // colors.N) % 3]  # colours repeat past 20 layers: markers differ
+            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], style, markersize=3, linewidth=1,
+                              color=colors(i % colors.N))
+            handles.setdefault(label, line)
+        handles.setdefault(f"baseline {baseline:.4f}", ax.axhline(baseline, color="black", linestyle="--", linewidth=0.8))
+        ax.set_xlabel("sparsity of that layer alone" if panel == "sparsity" else "k-means bits of that layer alone")
+        ax.set_ylabel(f"{sensitivity['split']} accuracy ({sensitivity['samples']:,} samples)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title("Accuracy vs sparsity" if panel == "sparsity" else "Accuracy vs k-means bits")
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+               title="layer (weights)", title_fontsize=8, ncol=1 if len(handles) <= 21 else 2)
+    fig.suptitle("Sensitivity: one layer compressed at a time, no retraining", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path

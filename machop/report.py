@@ -89,13 +89,41 @@ def write_markdown(report: dict, path: Path, figures: list[Path]) -> Path:
         simple = {k: v for k, v in step["info"].items() if isinstance(v, (int, float, str, bool)) or v is None}
         lines.append(f"## {step['label']} ({step['pass']}, {step['seconds']:.1f} s)")
         lines += [""] + [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in simple.items()] + [""]
+        if isinstance(step["info"].get("sensitivity"), dict):
+            lines += sensitivity_tables(step["info"]["sensitivity"]) + [""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
     return atomic_write(path, "\n".join(lines) + "\n")
 
 
+def sensitivity_tables(sensitivity: dict) -> list[str]:
+    """Markdown lines of a sensitivity measurement: layer × sparsity → accuracy, and layer × bits → accuracy
+    (entropy of the cluster labels in bits per kept value), each table only if measured."""
+    layers = sensitivity["layers"]
+    head = (f"Sensitivity ({sensitivity['split']} accuracy on {sensitivity['samples']:,} samples, baseline "
+            f"{sensitivity['baseline_acc']:.4f}; one layer at a time, no retraining).")
+    lines = [head]
+    if not layers:
+        return lines + ["", "(no layer measured)"]
+    for key in ("sparsity", "bits"):
+        columns = sorted({p[0] for layer in layers for p in layer[key]})
+        if not columns:
+            continue
+        caption = ("Accuracy with that layer alone pruned to each sparsity:" if key == "sparsity" else
+                   "Accuracy with that layer alone k-means shared at each width in bits (entropy of the cluster "
+                   "labels, bits per kept value):")
+        lines += ["", caption, "", "| layer | weights | kept | " + " | ".join(f"{c:g}" for c in columns) + " |",
+                  "|---|---:|---:|" + "---:|" * len(columns)]
+        for layer in layers:
+            cells = {p[0]: (f"{p[1]:.4f}" if key == "sparsity" else f"{p[1]:.4f} ({p[2]:.2f})") for p in layer[key]}
+            lines.append(f"| {layer['name']} | {layer['weights']:,} | {layer['nonzero']:,} | "
+                         + " | ".join(cells.get(c, "") for c in columns) + " |")
+    return lines
+
+
 def write_figures(report: dict, out: Path, histogram: dict | None = None) -> list[Path]:
-    """The run's PNG figures: per-layer sparsity, accuracy/size per step, weight histogram (if quantized)."""
-    from machop.figures import plot_layer_sparsity, plot_steps, plot_weight_histogram
+    """The run's PNG figures: per-layer sparsity, accuracy/size per step, weight histogram (if quantized),
+    sensitivity curves (of the last step whose info has a ``sensitivity`` measurement)."""
+    from machop.figures import plot_layer_sparsity, plot_sensitivity, plot_steps, plot_weight_histogram
 
     final = report["steps"][-1]["weights"] if report["steps"] else report["initial"]
     figures = [
@@ -104,4 +132,7 @@ def write_figures(report: dict, out: Path, histogram: dict | None = None) -> lis
     ]
     if histogram is not None:
         figures.append(plot_weight_histogram(**histogram, path=out / "weight_histogram.png"))
+    measured = [s["info"]["sensitivity"] for s in report["steps"] if isinstance(s["info"].get("sensitivity"), dict)]
+    if measured:
+        figures.append(plot_sensitivity(measured[-1], out / "sensitivity.png"))
     return figures

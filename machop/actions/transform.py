@@ -4,6 +4,11 @@ Every table is validated before anything runs or is written. The run folder
 gets the effective config, a checkpoint after each step, and ``report.json``
 (each step's ``info``, its ``test_acc`` and the model's size figures).
 
+A pass that chooses values itself (``sparsity = "auto"``, ``weight_bits =
+"auto"``) returns its table with the choices written out in ``info["table"]``;
+the run folder's ``config.toml`` is rewritten with it, so rerunning that file
+repeats the run exactly.
+
 Each step that changes the model is evaluated on the test split, so every
 row shows the accuracy of that step's own model (a prune row shows the drop
 before retraining). A train step measures its own (its ``test`` key); any
@@ -139,6 +144,12 @@ def _histogram(graph, name: str, before) -> dict:
             "centroids": codes.codebook if codes is not None and codes.kind == "kmeans" else None}
 
 
+def _with_table(config: Config, label: str, table: dict) -> Config:
+    """``config`` with step ``label``'s table replaced by ``table`` (its ``pass`` and ``evaluate`` keys kept)."""
+    kept = {k: v for k, v in config.passes[label].items() if k in ("pass", "evaluate")}
+    return replace(config, passes={k: kept | table if k == label else t for k, t in config.passes.items()})
+
+
 def transform(config: Config, config_path: str | None, progress: bool = True) -> int:
     steps = plan(config)
     config = starting_point(config, steps, config_path)
@@ -177,6 +188,10 @@ def transform(config: Config, config_path: str | None, progress: bool = True) ->
             test_acc = info["test_acc"]
         step = {"label": s.label, "pass": s.name, "seconds": seconds, "test_acc": test_acc, "info": info,
                 "weights": weight_stats(graph)}
+        if "table" in info:  # automatic choices written out
+            config = _with_table(config, s.label, info["table"])
+            if writer:
+                atomic_write(out / "config.toml", to_toml(vars(config)))
         if writer and changes_model:
             step["checkpoint"] = str(save_graph(graph, out / "checkpoints" / f"{i:02d}_{s.label}.mz", "mz"))
         report["steps"].append(step)

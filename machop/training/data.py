@@ -1,4 +1,5 @@
-"""Your own data for the data-driven passes: plain DataLoaders as a LightningDataModule, and calibration samples."""
+"""Your own data for the data-driven passes: plain DataLoaders as a LightningDataModule, calibration samples,
+and labelled samples for quick evaluations (`labelled_batch`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,49 @@ def calibration_batch(data_module: pl.LightningDataModule, samples: int) -> torc
     if not taken:
         raise ValueError("calibration: the training loader is empty")
     return torch.cat(taken)
+
+
+_STAGES = {"train": "fit", "val": "validate", "test": "test"}
+
+
+def labelled_batch(data_module: pl.LightningDataModule, samples: int, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``samples`` labelled inputs ``(x, y)`` of a split (fewer if the split holds fewer), in loader order.
+
+    For passes that evaluate a model many times (sensitivity analysis): load
+    once, then run a plain loop. ``split`` is ``"val"``, ``"test"`` or
+    ``"train"``; the data module is set up for that stage first, as
+    Lightning's Trainer would (``setup("validate")``, ...). ``"val"`` and
+    ``"test"`` read ``val_dataloader()`` / ``test_dataloader()``. ``"train"``
+    takes the module's own ``calibration_batch(n)`` when it returns
+    ``(inputs, labels)`` (`MaseDataModule`: the first training images,
+    normalised, not augmented), else the first batches of
+    ``train_dataloader()`` (shuffled and augmented as training sees them).
+    """
+    if split not in _STAGES:
+        raise ValueError(f"split must be one of {', '.join(_STAGES)}, got {split!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    setup = getattr(data_module, "setup", None)
+    if callable(setup):
+        setup(_STAGES[split])
+    if split == "train":
+        own = getattr(data_module, "calibration_batch", None)
+        batch = own(samples) if callable(own) else None
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            return batch[0][:samples], batch[1][:samples]
+    loader = getattr(data_module, f"{split}_dataloader")()
+    xs, ys, count = [], [], 0
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"the {split} loader must yield (inputs, labels) batches, got {type(batch).__name__}")
+        x, y = batch[0], batch[1]
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"the {split} loader must yield tensors, got {type(x).__name__} and {type(y).__name__}")
+        xs.append(x[: samples - count])
+        ys.append(y[: samples - count])
+        count += xs[-1].shape[0]
+        if count >= samples:
+            break
+    if not xs:
+        raise ValueError(f"the {split} loader is empty")
+    return torch.cat(xs), torch.cat(ys)

@@ -20,6 +20,7 @@ from machop.ir import MaseGraph
 from .analysis.metadata import CommonMetadataArgs, add_common_metadata, init_metadata
 from .analysis.pruning import add_pruning_metadata
 from .analysis.quantization import summarize_quantization
+from .analysis.sensitivity import check_sensitivity_args, parse_sensitivity_args, sensitivity_analysis_pass
 from .transforms.huffman import (
     check_decode_args,
     check_encode_args,
@@ -63,6 +64,8 @@ REGISTRY: dict[str, PassEntry] = {
     "add_pruning_metadata": PassEntry(add_pruning_metadata, _no_options, changes_model=False),
     "quantize": PassEntry(quantize_transform_pass, parse_quantize_args, check=check_quantize_args),
     "summarize_quantization": PassEntry(summarize_quantization, _no_options, changes_model=False),
+    "sensitivity": PassEntry(sensitivity_analysis_pass, parse_sensitivity_args, changes_model=False,
+                             check=check_sensitivity_args),
     # the seed's [passes.huffman]: encode, decode, verify
     "huffman": PassEntry(huffman_pass, parse_huffman_args, check=check_encode_args),
     "huffman_encode": PassEntry(huffman_encode_pass, parse_huffman_args, changes_model=False, check=check_encode_args),
