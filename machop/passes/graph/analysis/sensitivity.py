@@ -56,6 +56,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
+from rich.progress import Progress
 from torch import nn
 
 from machop.config import ConfigError, check_range, from_dict, join, pass_path
@@ -270,8 +271,6 @@ def measure_sensitivity(
             logger.info("sensitivity: baseline accuracy %.4f on %d %s samples; %d weight(s), %d sparsities, %d widths",
                         baseline, x.shape[0], split, len(measured), len(sparsities), len(bits))
             if progress:
-                from rich.progress import Progress
-
                 bar = Progress(transient=True)
                 bar.start()
                 task = bar.add_task("sensitivity", total=len(measured) * (len(sparsities) + len(bits)))
