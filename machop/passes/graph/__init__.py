@@ -30,6 +30,8 @@ from .transforms.huffman import (
     parse_huffman_args,
 )
 from .transforms.prune import check_prune_args, parse_prune_args, prune_remove_pass, prune_transform_pass
+from .transforms.shrink import check_shrink_args, parse_shrink_args, shrink_transform_pass
+from .transforms.export import check_export_args, export_pass, parse_export_args
 from .transforms.quantize import check_quantize_args, parse_quantize_args, quantize_transform_pass
 from .transforms.train import check_train_args, parse_test_args, parse_train_args, test_pass, train_transform_pass
 
@@ -61,6 +63,8 @@ REGISTRY: dict[str, PassEntry] = {
     "test": PassEntry(test_pass, parse_test_args, changes_model=False),
     "prune": PassEntry(prune_transform_pass, parse_prune_args, check=check_prune_args),
     "prune_remove": PassEntry(prune_remove_pass, _no_options),
+    "shrink": PassEntry(shrink_transform_pass, parse_shrink_args, check=check_shrink_args),
+    "export": PassEntry(export_pass, parse_export_args, changes_model=False, check=check_export_args),  # ONNX
     "add_pruning_metadata": PassEntry(add_pruning_metadata, _no_options, changes_model=False),
     "quantize": PassEntry(quantize_transform_pass, parse_quantize_args, check=check_quantize_args),
     "summarize_quantization": PassEntry(summarize_quantization, _no_options, changes_model=False),

@@ -1,0 +1,500 @@
+"""Following channels through an fx graph: which tensor channels are one channel, who reads them, which are constant.
+
+The model runs once (eval mode, `torch.no_grad`) under an `fx.Interpreter`
+on a sample input; for every node whose output has a channel dimension the
+analysis records a `Tracked`: per index along that dimension, the *channel
+variable* it carries, whether it is input-independent (structurally: it does
+not depend on the data) and the node's numeric output (to read constants).
+
+Channel variables live in a union-find (`Vars`). A convolution or Linear
+layer creates fresh variables for its output channels. Channel-wise ops
+(BatchNorm, activations, pooling, dropout, `ActivationPrune`, reductions over
+other dimensions) pass them through; ``flatten`` repeats each one over the
+columns it becomes (``H*W`` consecutive columns); ``cat`` concatenates the
+lists; an elementwise binary op (a residual ``add``) unifies the variables of
+its operands: channels coupled there are one variable and are removed
+together or not at all. A depthwise convolution (``groups == in == out``)
+keeps its input's variables (its channel ``c`` exists only with input ``c``).
+
+Anything the analysis does not understand pins the variables reaching it
+(with a reason): the model input and output, grouped convolutions, ops
+mixing channels, fixed-size reshapes, per-sample activation pruning, modules
+called twice or with tied weights. A pinned variable is never removed.
+
+Readers are the layers that mix channels (a convolution with ``groups == 1``
+or a Linear layer): a variable can be removed when every column a reader
+reads it at either has all-zero weights or carries a constant (a channel
+whose producer's weights are all pruned outputs its bias; through BatchNorm,
+ReLU or pooling it stays a per-channel constant), which the shrink pass folds
+into the reader. This is `Torch-Pruning`'s dependency-graph idea, written for
+machop's graphs; `weight_methods.downstream_consumers` of the prune pass
+follows the same ops for ``l1-norm-multi`` but cannot be imported here (no
+pass package imports another).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from machop.nn import ActivationPrune
+
+
+class Vars:
+    """Union-find over channel variables, with the reasons a variable is pinned."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.reasons: dict[int, list[str]] = {}
+        self.origin: list[tuple[str, int] | None] = []  # (producer node, channel) a variable was created for
+
+    def new(self, n: int, reason: str | None = None, origin: str | None = None) -> list[int]:
+        start = len(self.parent)
+        ids = list(range(start, start + n))
+        self.parent.extend(ids)
+        self.origin.extend((origin, i) if origin else None for i in range(n))
+        if reason:
+            for v in ids:
+                self.reasons[v] = [reason]
+        return ids
+
+    def find(self, v: int) -> int:
+        root = v
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[v] != root:
+            self.parent[v], v = root, self.parent[v]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if rb < ra:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        if rb in self.reasons:
+            self.reasons.setdefault(ra, []).extend(self.reasons.pop(rb))
+
+    def pin(self, vs, reason: str) -> None:
+        for v in set(self.find(v) for v in vs):
+            reasons = self.reasons.setdefault(v, [])
+            if reason not in reasons:
+                reasons.append(reason)
+
+    def pinned(self, v: int) -> list[str]:
+        return self.reasons.get(self.find(v), [])
+
+
+@dataclass
+class Tracked:
+    """One node's output along its channel dimension ``dim``."""
+
+    dim: int
+    vars: list[int]
+    indep: torch.Tensor  # bool per index: does not depend on the model's input
+    value: torch.Tensor  # the node's output on the sample
+
+    def constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(const: bool per index, value per index): input-independent and uniform over every other position."""
+        v = self.value.detach().movedim(self.dim, 0).reshape(len(self.vars), -1).double().cpu()
+        uniform = (v.amax(dim=1) == v.amin(dim=1)) if v.shape[1] else torch.ones(len(self.vars), dtype=torch.bool)
+        first = v[:, 0] if v.shape[1] else torch.zeros(len(self.vars), dtype=torch.float64)
+        return self.indep & uniform & torch.isfinite(first), first
+
+
+@dataclass
+class Reader:
+    """A layer that mixes the channels it reads (``groups == 1`` convolution, Linear), at one call."""
+
+    node: fx.Node
+    qualname: str
+    source: fx.Node  # the node whose output it reads
+    vars: list[int]  # per input column (a convolution's input channel, a Linear column)
+
+
+@dataclass
+class Analysis:
+    vars: Vars
+    tracked: dict[str, Tracked]
+    readers: list[Reader]
+    producers: dict[str, list[int]] = field(default_factory=dict)  # conv/linear qualname → out-channel vars
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # conv (groups == 1)/linear qualname → in-channel vars
+    depthwise: set[str] = field(default_factory=set)  # depthwise convs (input vars == output vars)
+    norms: dict[str, list[int]] = field(default_factory=dict)  # BatchNorm qualname → channel vars
+    masks: dict[str, list[int]] = field(default_factory=dict)  # ActivationPrune qualname → channel vars
+    calls: dict[str, int] = field(default_factory=dict)  # module qualname → number of call nodes
+    unfollowed: dict[str, str] = field(default_factory=dict)  # module qualname → why its node was not followed
+
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+         nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+         nn.LPPool1d, nn.LPPool2d)
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+                nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout,
+                nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_ELEMENTWISE_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardtanh, F.hardswish,
+    F.hardsigmoid, F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, torch.abs, torch.neg, torch.exp, torch.square, operator.neg,
+}
+_POOL_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "abs", "neg", "exp", "square",
+                        "detach", "float"}
+_BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
+                     torch.mul, torch.div, torch.maximum, torch.minimum}
+_BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+_IGNORED_METHODS = {"size", "dim"}
+
+
+def _describe(n: fx.Node) -> str:
+    t = n.target
+    what = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return f"{n.name} ({n.op} {what})"
+
+
+def _tensors_in(args) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(args, out.append)
+    return out
+
+
+class _Runner(fx.Interpreter):
+    """Runs the model once and builds the `Analysis` node by node."""
+
+    def __init__(self, gm: fx.GraphModule, weights: dict[str, torch.Tensor]):
+        super().__init__(gm)
+        self.modules = dict(gm.named_modules())
+        self.weights = weights  # conv/linear qualname → effective weight
+        self.a = Analysis(Vars(), {}, [])
+
+    # ------------------------------------------------------------------ helpers
+    def t(self, arg) -> Tracked | None:
+        return self.a.tracked.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    def pin_inputs(self, n: fx.Node, reason: str) -> None:
+        for src in _tensors_in((n.args, n.kwargs)):
+            t = self.a.tracked.get(src.name)
+            if t is not None:
+                self.a.vars.pin(t.vars, reason)
+
+    def opaque(self, n: fx.Node, out, reason: str) -> Tracked | None:
+        """Pin every tracked input and give a tensor output fresh pinned variables."""
+        self.pin_inputs(n, f"read by {reason}")
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            vs = self.a.vars.new(out.shape[1], f"produced by {reason}")
+            return Tracked(1, vs, torch.zeros(out.shape[1], dtype=torch.bool), out)
+        return None
+
+    def same(self, t: Tracked, out: torch.Tensor, indep: torch.Tensor | None = None, dim: int | None = None) -> Tracked:
+        return Tracked(t.dim if dim is None else dim, t.vars, t.indep if indep is None else indep, out)
+
+    # ------------------------------------------------------------------ the walk
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        try:
+            tracked = self.track(n, out)
+        except _Unfollowable as e:
+            if n.op == "call_module":
+                self.a.unfollowed.setdefault(str(n.target), f"{_describe(n)}: {e}")
+            tracked = self.opaque(n, out, f"{_describe(n)}: {e}")
+        if tracked is not None:
+            if not isinstance(out, torch.Tensor) or tracked.dim >= out.dim() or out.shape[tracked.dim] != len(tracked.vars):
+                tracked = self.opaque(n, out, _describe(n))
+            if tracked is not None:
+                self.a.tracked[n.name] = tracked
+        return out
+
+    def track(self, n: fx.Node, out) -> Tracked | None:
+        if n.op == "placeholder":
+            if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.is_floating_point():
+                vs = self.a.vars.new(out.shape[1], "the model's input")
+                return Tracked(1, vs, torch.zeros(out.shape[1], dtype=torch.bool), out)
+            return None
+        if n.op == "output":
+            self.pin_inputs(n, "the model's output")
+            return None
+        if n.op == "get_attr":
+            return None
+        tracked_args = [s for s in _tensors_in((n.args, n.kwargs)) if s.name in self.a.tracked]
+        if n.op == "call_module":
+            return self.on_module(n, self.modules[n.target], out)
+        if not tracked_args:
+            return None
+        if n.op == "call_function":
+            return self.on_function(n, out)
+        if n.op == "call_method":
+            return self.on_method(n, out)
+        raise _Unfollowable("unknown op")
+
+    # ------------------------------------------------------------------ modules
+    def on_module(self, n: fx.Node, m: nn.Module, out) -> Tracked | None:
+        q = str(n.target)
+        self.a.calls[q] = self.a.calls.get(q, 0) + 1
+        x = self.t(n.args[0]) if n.args else None
+        if isinstance(m, ActivationPrune):
+            if x is None:
+                return None
+            dim = m.channel_dim % out.dim()
+            if dim != x.dim:
+                raise _Unfollowable("its channel dimension is not the tracked one")
+            if m.stages:
+                self.a.vars.pin(x.vars, f"masked per sample by {n.name} (activation pruning stages depend on all channels)")
+            indep = x.indep.clone()
+            if m.channel_mask is not None:
+                indep |= ~m.channel_mask.cpu()
+            self._record(self.a.masks, q, x.vars)
+            return self.same(x, out, indep)
+        if isinstance(m, _CONV):
+            return self.conv(n, q, m, x, out)
+        if isinstance(m, nn.Linear):
+            return self.linear(n, q, m, x, out)
+        if isinstance(m, _NORM):
+            if x is None:
+                return None
+            if x.dim != 1:
+                raise _Unfollowable("batch norm over a dimension that is not the tracked channel")
+            self._record(self.a.norms, q, x.vars)
+            return self.same(x, out)
+        if x is None:
+            return None if not isinstance(out, torch.Tensor) else self.opaque(n, out, _describe(n))
+        if isinstance(m, _ELEMENTWISE) or (isinstance(m, nn.PReLU) and m.num_parameters == 1):
+            return self.same(x, out)
+        if isinstance(m, _POOL):
+            if x.dim != 1:
+                raise _Unfollowable("pooling over the tracked channel dimension")
+            return self.same(x, out)
+        if isinstance(m, nn.Flatten):
+            return self.flatten(x, n.args[0], m.start_dim, m.end_dim, out)
+        if isinstance(m, nn.Sequential) and len(m) == 0:
+            return self.same(x, out)
+        raise _Unfollowable(f"{type(m).__name__.removeprefix('Parametrized')} is not followed")
+
+    def _record(self, table: dict[str, list[int]], q: str, vs: list[int]) -> None:
+        if q in table:  # a module called again: its channels are the same ones
+            if len(table[q]) != len(vs):
+                raise _Unfollowable("called with different channel counts")
+            for a, b in zip(table[q], vs):
+                self.a.vars.union(a, b)
+        else:
+            table[q] = list(vs)
+
+    def _mixing(self, q: str, cols: int, x: Tracked | None, out_channels: int, group_of=None) -> torch.Tensor:
+        """Out channel o is input-independent iff every column it weighs non-zero is."""
+        w = self.weights[q]
+        used = w.reshape(w.shape[0], w.shape[1], -1).ne(0).any(dim=2)  # (out, in per group)
+        indep_in = x.indep if x is not None else torch.zeros(cols, dtype=torch.bool)
+        if group_of is None:
+            return ~(used & ~indep_in[None, :]).any(dim=1)
+        per = w.shape[1]
+        rows = []
+        for o in range(out_channels):
+            g = group_of(o)
+            rows.append(not bool((used[o] & ~indep_in[g * per:(g + 1) * per]).any()))
+        return torch.tensor(rows, dtype=torch.bool)
+
+    def _single_call(self, q: str) -> None:
+        if q in self.a.producers:  # called again: its channels cannot follow two places
+            reason = f"module {q} is called at several places"
+            self.a.vars.pin(self.a.producers[q] + self.a.inputs.get(q, []), reason)
+            raise _Unfollowable(reason)
+
+    def conv(self, n: fx.Node, q: str, m: nn.Module, x: Tracked | None, out) -> Tracked:
+        if x is None or x.dim != 1:
+            raise _Unfollowable("its input channels are not followed")
+        self._single_call(q)
+        groups, cin, cout = m.groups, m.in_channels, m.out_channels
+        if groups == 1:
+            indep = self._mixing(q, cin, x, cout)
+            self.a.readers.append(Reader(n, q, n.args[0], list(x.vars)))
+            self.a.inputs[q] = list(x.vars)
+            vs = self.a.vars.new(cout, origin=n.name)
+            self.a.producers[q] = vs
+            return Tracked(1, vs, indep, out)
+        per_out = cout // groups
+        indep = self._mixing(q, cin, x, cout, group_of=lambda o: o // per_out)
+        if groups == cin == cout:  # depthwise: channel c reads input channel c only
+            self.a.depthwise.add(q)
+            self.a.producers[q] = list(x.vars)
+            return Tracked(1, list(x.vars), indep, out)
+        self.a.vars.pin(x.vars, f"read by grouped convolution {n.name} (groups={groups})")
+        vs = self.a.vars.new(cout, f"produced by grouped convolution {n.name} (groups={groups})", origin=n.name)
+        self.a.producers[q] = vs
+        return Tracked(1, vs, indep, out)
+
+    def linear(self, n: fx.Node, q: str, m: nn.Linear, x: Tracked | None, out) -> Tracked:
+        if x is None or x.dim != x.value.dim() - 1:
+            raise _Unfollowable("its input features are not followed")
+        self._single_call(q)
+        indep = self._mixing(q, m.in_features, x, m.out_features)
+        self.a.readers.append(Reader(n, q, n.args[0], list(x.vars)))
+        self.a.inputs[q] = list(x.vars)
+        vs = self.a.vars.new(m.out_features, origin=n.name)
+        self.a.producers[q] = vs
+        return Tracked(out.dim() - 1, vs, indep, out)
+
+    # ------------------------------------------------------------------ functions and methods
+    def on_function(self, n: fx.Node, out) -> Tracked | None:
+        f = n.target
+        x = self.t(n.args[0]) if n.args else None
+        if f is getattr:
+            return None
+        if f in _ELEMENTWISE_FUNCTIONS and x is not None and len(_tensors_in((n.args[1:], n.kwargs))) == 0:
+            return self.same(x, out)
+        if f in _POOL_FUNCTIONS and x is not None:
+            if x.dim != 1:
+                raise _Unfollowable("pooling over the tracked channel dimension")
+            return self.same(x, out)
+        if f in _BINARY_FUNCTIONS:
+            return self.binary(n, out)
+        if f is torch.flatten and x is not None:
+            start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0)
+            end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1)
+            return self.flatten(x, n.args[0], start, end, out)
+        if f in (torch.cat, torch.concat):
+            parts = n.args[0] if n.args else n.kwargs.get("tensors")
+            dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
+            return self.cat(list(parts), dim, out)
+        if f in _REDUCE_FUNCTIONS and x is not None:
+            return self.reduce(n, x, out)
+        raise _Unfollowable("not followed")
+
+    def on_method(self, n: fx.Node, out) -> Tracked | None:
+        name = n.target
+        x = self.t(n.args[0]) if n.args else None
+        if name in _IGNORED_METHODS:
+            return None
+        if x is None:
+            raise _Unfollowable("not followed")
+        if name in _ELEMENTWISE_METHODS and len(_tensors_in((n.args[1:], n.kwargs))) == 0:
+            return self.same(x, out)
+        if name in _BINARY_METHODS:
+            return self.binary(n, out)
+        if name == "flatten":
+            start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0)
+            end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1)
+            return self.flatten(x, n.args[0], start, end, out)
+        if name in ("view", "reshape"):
+            return self.reshape(n, x, out)
+        if name in _REDUCE_METHODS:
+            return self.reduce(n, x, out)
+        raise _Unfollowable("not followed")
+
+    def binary(self, n: fx.Node, out) -> Tracked:
+        if not isinstance(out, torch.Tensor):
+            raise _Unfollowable("no tensor output")
+        operands = list(n.args[:2]) + [n.kwargs[k] for k in ("other", "input") if k in n.kwargs]
+        tracked, indep = [], None
+        for arg in operands:
+            if isinstance(arg, (int, float, bool)):
+                continue
+            t = self.t(arg)
+            if t is None:  # a tensor the analysis does not follow: fine only if it is one value per channel position
+                raise _Unfollowable("an operand is not followed")
+            aligned = t.dim + out.dim() - t.value.dim()
+            if t.value.shape[t.dim] != out.shape[aligned]:
+                raise _Unfollowable("an operand broadcasts over the channels")
+            tracked.append((t, aligned))
+        if not tracked:
+            raise _Unfollowable("no followed operand")
+        first, dim = tracked[0]
+        for t, aligned in tracked[1:]:
+            if aligned != dim:
+                raise _Unfollowable("operands have their channels on different dimensions")
+            for a, b in zip(first.vars, t.vars):
+                self.a.vars.union(a, b)
+        indep = first.indep.clone()
+        for t, _ in tracked[1:]:
+            indep &= t.indep
+        return Tracked(dim, list(first.vars), indep, out)
+
+    def flatten(self, x: Tracked, src: fx.Node, start: int, end: int, out) -> Tracked:
+        nd = x.value.dim()
+        start, end = start % nd, end % nd
+        if x.dim < start:
+            return self.same(x, out)
+        if x.dim > end:
+            return self.same(x, out, dim=x.dim - (end - start))
+        if x.dim != start:
+            raise _Unfollowable("flattens dimensions before the channels into them")
+        rep = math.prod(x.value.shape[x.dim + 1:end + 1])
+        vs = [v for v in x.vars for _ in range(rep)]
+        indep = x.indep.repeat_interleave(rep)
+        return Tracked(start, vs, indep, out)
+
+    def reshape(self, n: fx.Node, x: Tracked, out) -> Tracked:
+        shape = list(n.args[1:]) if len(n.args) > 1 else list(n.kwargs.get("shape", ()))
+        if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+            shape = list(shape[0])
+        if tuple(out.shape) == tuple(x.value.shape):
+            return self.same(x, out)
+        nd = x.value.dim()
+        flat = (out.dim() == x.dim + 1 and tuple(out.shape[:x.dim]) == tuple(x.value.shape[:x.dim])
+                and out.shape[x.dim] == math.prod(x.value.shape[x.dim:]))
+        fixed = [s for i, s in enumerate(shape) if isinstance(s, int) and s != -1 and i >= x.dim]
+        if not flat or fixed:
+            raise _Unfollowable("a reshape to a fixed size (use flatten or -1)" if flat else "a reshape")
+        return self.flatten(x, n.args[0], x.dim, nd - 1, out)
+
+    def reduce(self, n: fx.Node, x: Tracked, out) -> Tracked:
+        dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
+        keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
+        if dims is None:
+            raise _Unfollowable("reduces over every dimension")
+        nd = x.value.dim()
+        dims = {d % nd for d in ((dims,) if isinstance(dims, int) else dims)}
+        if x.dim in dims:
+            raise _Unfollowable("reduces over the channels")
+        dim = x.dim if keep else x.dim - sum(1 for d in dims if d < x.dim)
+        return self.same(x, out, dim=dim)
+
+    def cat(self, parts: list, dim: int, out) -> Tracked:
+        ts = [self.t(p) for p in parts]
+        if any(t is None for t in ts):
+            raise _Unfollowable("concatenates a tensor that is not followed")
+        nd = out.dim()
+        dim = dim % nd
+        if any(t.dim != ts[0].dim for t in ts):
+            raise _Unfollowable("concatenates tensors with channels on different dimensions")
+        if dim == ts[0].dim:
+            return Tracked(dim, [v for t in ts for v in t.vars], torch.cat([t.indep for t in ts]), out)
+        for t in ts[1:]:
+            for a, b in zip(ts[0].vars, t.vars):
+                self.a.vars.union(a, b)
+        indep = ts[0].indep.clone()
+        for t in ts[1:]:
+            indep &= t.indep
+        return Tracked(ts[0].dim, list(ts[0].vars), indep, out)
+
+
+class _Unfollowable(Exception):
+    pass
+
+
+def analyse(gm: fx.GraphModule, inputs: tuple, weights: dict[str, torch.Tensor]) -> Analysis:
+    """Run ``gm`` once on ``inputs`` (eval mode, no grad) and follow every channel (see module doc).
+
+    ``weights``: the effective weight of every convolution and Linear module, by qualified name.
+    """
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            runner = _Runner(gm, weights)
+            runner.run(*inputs)
+    finally:
+        gm.train(was_training)
+    return runner.a
