@@ -1,7 +1,8 @@
 """machop's core: the torch-only building blocks a compressed model is made of.
 
 - `WeightMask` (prune), `KMeansWeight` (weight sharing), `FixedPoint`
-  (fixed point): parametrizations of a weight; `ActivationPrune`: a module
+  (fixed point): parametrizations of a weight; `Compact`: rounds a bias or
+  other side tensor to float16/bfloat16; `ActivationPrune`: a module
   inserted in front of a layer;
 - `weight_codes` / `load_weight_codes`: a quantized weight as
   ``codebook[codes] * mask``, what the Huffman coder stores;
@@ -14,6 +15,7 @@ It imports nothing else of machop; everything else builds on it.
 """
 
 from .activation import ActivationPrune
+from .compact import FLOAT_FORMATS, SHORT_FLOATS, Compact, round_to
 from .codes import WeightCodes, fixed_point_grid, load_weight_codes, quantizer_of, weight_codes
 from .fixed_point import MAX_FRAC_WIDTH, MAX_WIDTH, FixedPoint, fixed_point_codes, fixed_point_range, quantize_fixed_point
 from .kmeans import KMeans1DResult, kmeans_1d
@@ -42,10 +44,10 @@ from .weights import (
 )
 
 __all__ = [
-    "ActivationPrune", "FixedPoint", "KIND_NAMES", "KINDS", "KMeans1DResult", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
+    "ActivationPrune", "Compact", "FLOAT_FORMATS", "FixedPoint", "KIND_NAMES", "KINDS", "KMeans1DResult", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
     "MAX_WIDTH", "REBUILDABLE", "Weight", "WeightCodes", "WeightMask", "apply_mask", "bake", "chain",
     "compressible_weights", "dense_parameter_count", "fixed_point_codes", "fixed_point_grid", "fixed_point_range",
     "get_mask", "group_scores", "has_compression", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "kmeans_1d", "load_weight_codes", "nonzero_parameter_count",
-    "lowest_k_mask", "module_paths", "most_specific", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register",
+    "lowest_k_mask", "module_paths", "most_specific", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register", "round_to", "SHORT_FLOATS",
     "spec_of", "stored", "tensor_sites", "tied_tensors", "weight_codes",
 ]

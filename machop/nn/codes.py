@@ -5,7 +5,10 @@
 parametrizations were rebuilt (with placeholder tensors) from a saved
 structure, so the module becomes bit-identical to the one that was read.
 
-- k-means layers: ``codebook`` = the centroids, ``codes`` = the cluster index.
+- k-means layers: ``codebook`` = the centroids as the layer uses them (rounded
+  to its codebook format, `KMeansWeight.codebook_values`), ``codes`` = the
+  cluster index; ``codebook_format`` names the float format every entry is
+  exact in (what the Huffman coder stores them as).
 - integer layers: ``codebook = arange(-2**(w-1), 2**(w-1)) * 2**-frac``
   (the whole fixed-point grid, float32), ``codes = q + 2**(w-1)``.
 
@@ -34,6 +37,7 @@ class WeightCodes:
     mask: torch.Tensor  # bool, shape of the weight; False = pruned (weight exactly 0)
     bits: int  # bits per code, K <= 2**bits
     kind: str  # "kmeans" | "integer"
+    codebook_format: str = "float32"  # every codebook entry is exact in this format: float32 | float16 | bfloat16
 
 
 def fixed_point_grid(width: int, frac_width: int) -> torch.Tensor:
@@ -69,8 +73,8 @@ def weight_codes(module: nn.Module, name: str = "weight") -> WeightCodes | None:
         weight = getattr(module, name).detach()
         if isinstance(q, KMeansWeight):
             codes = WeightCodes(
-                codes=q.index.long().clone(), codebook=q.centroids.detach().float().clone(),
-                mask=q.mask.clone(), bits=q.bits, kind="kmeans",
+                codes=q.index.long().clone(), codebook=q.codebook_values().float().clone(),
+                mask=q.mask.clone(), bits=q.bits, kind="kmeans", codebook_format=q.codebook,
             )
         else:
             mask = get_mask(module, name)

@@ -1,4 +1,4 @@
-"""Weight sharing as a parametrization: ``weight = centroids[index] * mask``."""
+"""Weight sharing as a parametrization: ``weight = round_to(centroids, codebook)[index] * mask``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .compact import FLOAT_FORMATS, check_float_format, round_ste, round_to
 from .rebuild import RebuildError, Schema, check_int, check_tensor, rebuildable
 
 
@@ -23,6 +24,8 @@ def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: 
     bits = spec.get("bits")
     if bits is not None:
         check_int(spec, "bits", 1, 16, where)
+    if "codebook" in spec:
+        check_float_format(spec["codebook"], "codebook", where)
     centroids, index, mask = tensors["centroids"], tensors["index"], tensors["mask"]
     check_tensor(centroids, "centroids", where, kind="float", ndim=1)
     check_tensor(mask, "mask", where, kind="bool", shape=None if target is None else target.shape)
@@ -34,10 +37,10 @@ def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: 
         raise RebuildError(f"{where}: index values outside 0..{k - 1} (the centroids)")
 
 
-@rebuildable(schema=Schema(spec=frozenset({"bits"}), tensors=frozenset({"centroids", "index", "mask"}),
+@rebuildable(schema=Schema(spec=frozenset({"bits", "codebook"}), tensors=frozenset({"centroids", "index", "mask"}),
                             required_tensors=frozenset({"centroids", "index", "mask"}), check=_check_saved))
 class KMeansWeight(nn.Module):
-    """Parametrization returning ``centroids[index] * mask``; its input is ignored.
+    """Parametrization returning ``round_to(centroids, codebook)[index] * mask``; its input is ignored.
 
     - ``centroids``: ``nn.Parameter`` [K], fine-tuned by training; autograd of
       ``centroids[index]`` sums the gradient of every weight of a cluster
@@ -49,16 +52,26 @@ class KMeansWeight(nn.Module):
     - ``mask``: bool buffer, False where pruned (the weight is exactly 0 and
       belongs to no cluster; its index is 0 and meaningless).
     - ``bits``: the code width the layer was quantized with (``K <= 2**bits``).
+    - ``codebook``: the float format the centroids are stored in, ``"float32"``
+      (default: used as they are), ``"float16"`` or ``"bfloat16"``: forward
+      rounds them to it (`machop.nn.compact.round_to`, straight-through
+      gradient), so the centroids training fine-tunes are always ones the
+      file can hold exactly. The `centroids` parameter itself stays float32;
+      `codebook_values` are the rounded ones.
 
     Registered after any prune parametrization, so the original weight stays
     underneath (frozen by the quantize pass) and the chain is saved and
     rebuilt like any other.
     """
 
-    def __init__(self, centroids: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, bits: int | None = None):
+    def __init__(self, centroids: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, bits: int | None = None,
+                 codebook: str = "float32"):
         super().__init__()
         if index.shape != mask.shape:
             raise ValueError(f"index shape {tuple(index.shape)} differs from mask shape {tuple(mask.shape)}")
+        if codebook not in FLOAT_FORMATS:
+            raise ValueError(f"codebook must be one of {', '.join(FLOAT_FORMATS)}, got {codebook!r}")
+        self.codebook = codebook
         k = centroids.numel()
         self.bits = int(bits) if bits is not None else max(1, math.ceil(math.log2(max(k, 2))))
         self.centroids = nn.Parameter(centroids.detach().clone().flatten().to(torch.float32))
@@ -66,11 +79,17 @@ class KMeansWeight(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool))
 
     def spec(self) -> dict:
-        return {"bits": self.bits}
+        # "codebook" only when it is not float32: a float32 layer's record is what it was before the key existed
+        return {"bits": self.bits} if self.codebook == "float32" else {"bits": self.bits, "codebook": self.codebook}
+
+    def codebook_values(self) -> torch.Tensor:
+        """The centroids the layer uses: `centroids` rounded to the ``codebook`` format (float32, detached)."""
+        return round_to(self.centroids.detach(), self.codebook)
 
     def forward(self, X: torch.Tensor | None = None) -> torch.Tensor:
-        flat = torch.index_select(self.centroids, 0, self.index.flatten().to(torch.int32))
+        flat = torch.index_select(round_ste(self.centroids, self.codebook), 0, self.index.flatten().to(torch.int32))
         return flat.view(self.index.shape) * self.mask
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, clusters={self.centroids.numel()}, shape={tuple(self.index.shape)}"
+        book = "" if self.codebook == "float32" else f", codebook={self.codebook}"
+        return f"bits={self.bits}, clusters={self.centroids.numel()}{book}, shape={tuple(self.index.shape)}"

@@ -4,11 +4,13 @@ Layout (all integers little-endian; see FORMAT.md for the full description)::
 
     offset  size  field
     0       8     magic  b"\\x89MCZ\\r\\n\\x1a\\n"
-    8       2     version (uint16) = 1
+    8       2     version (uint16) = 2 (1 is read too)
     10      2     flags (uint16) = 0
     12      4     header length H (uint32), at most MAX_HEADER_BYTES
     16      4     CRC32 of bytes 0..15 followed by the H header bytes
-    20      H     header: zlib-compressed UTF-8 JSON object, with "sections": [{"name", "length", "crc32"}, ...]
+    20      H     header: UTF-8 JSON object, with "sections": [{"name", "length", "crc32"}, ...], compressed:
+                  version 2 as a raw deflate stream with the preset dictionary HEADER_DICTIONARY,
+                  version 1 as a zlib stream
     20+H    ...   the sections, back to back in header order, nothing after the last one
 
 Every byte of the file is covered by a check: the fixed fields and the header by
@@ -42,7 +44,8 @@ import numpy as np
 from machop.files import BadFileError, atomic_write, open_regular
 
 MAGIC = b"\x89MCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode transfers
-VERSION = 1
+VERSION = 2  # what the writer writes
+VERSIONS = (1, 2)  # what a reader reads
 _PREFIX = struct.Struct("<8sHHII")  # magic, version, flags, header length, header crc
 PREFIX_SIZE = _PREFIX.size  # 20
 # The header JSON, inflated, is at most 2 MiB (and so is its compressed form, H): real headers are 6 kB
@@ -51,6 +54,36 @@ PREFIX_SIZE = _PREFIX.size  # 20
 MAX_HEADER_BYTES = 2 << 20
 MAX_HEADER_DEPTH = 32  # JSON nesting (a model header nests ~8 deep)
 MAX_SECTIONS = 1 << 16
+# Version 2 deflates the header with this preset dictionary (zlib's zdict; deflate's window reaches back into it):
+# the keys, class names and values nearly every header holds, the likeliest last. A header of a few kB then
+# costs no literal for its first "parametrizations" or "KMeansWeight". Part of the format: never change it
+# within a version (FORMAT.md lists it byte for byte).
+HEADER_DICTIONARY = (
+    b'"global","kernelwise","channelwise","l2-norm","random","feature-map-l1-norm","channel_how":{},"channel_dim":-1,'
+    b'{"name":"conv1_act_prune","user":"conv1","arg":0,"class":"ActivationPrune","spec":{"channel_dim":1,"stages":'
+    b'[{"scope":"local","granularity":"elementwise","method":"l1-norm","target":0.3,"rank":"magnitude","sparsity":0.3,'
+    b'"seed":0}],"channel_how":{}}},{"name":"fc1_data_in_quantizer","user":"fc1","arg":0,"class":"FixedPoint",'
+    b'"image_size":[32,32]},"class":"ResNet18","VGG7","LeNet300","colored_mnist","cifar10","mnist",'
+    b'"ActivationPrune","spec":{"width":8,"frac_width":4}},"FixedPoint","channel_mask","act_prune",'
+    b'"module":"lstm","tensor":"weight_hh_l0","in_proj_weight","out_proj","bias","running_mean","running_var",'
+    b'"num_batches_tracked",[],"int64"],"codebook":"float16"}},"bfloat16","Compact","spec":{"dtype":"float16"}}]},'
+    b'"kind":"integer","kmeans","codebook_size":256,"nnz":"1.weight","features.0","classifier.","conv2d","linear",'
+    b'{"format":"machop.huffman","structure":{"model":"lenet5","dataset_info":{"name":"fashion_mnist",'
+    b'"num_classes":10,"in_channels":1,"image_size":[28,28]},"class":"LeNet5","ties":[],"inserted":[],'
+    b'"parametrizations":[{"module":"conv1","tensor":"weight","chain":[{"class":"WeightMask","spec":{"how":'
+    b'{"scope":"local","granularity":"elementwise","method":"l1-norm","target":0.9}}},{"class":"KMeansWeight",'
+    b'"spec":{"bits":5}}]}]},"tensors":[["conv1.bias",[20],"float32"],'
+    b'["conv1.parametrizations.weight.original",[20,1,5,5],"float32"],["conv1.parametrizations.weight.0.mask",'
+    b'[20,1,5,5],"bool"],["conv1.parametrizations.weight.1.centroids",[256],"float32"],'
+    b'["conv1.parametrizations.weight.1.index",[20,1,5,5],"uint8"],["conv1.parametrizations.weight.1.mask",'
+    b'[20,1,5,5],"bool"],["conv1.parametrizations.bias.original",[20],"float32"],'
+    b'"raw":["conv1.bias","fc1.bias"],"aliases":{},"index_bits":5,"dense_params":431080,"layers":[{"name":"fc1",'
+    b'"shape":[500,800],"kind":"kmeans","bits":5,"codebook_size":32,"nnz":2000,"values":{"count":2000,'
+    b'"nbits":10000,"block":1024,"sync_base":4000,"sync_width":8,"symbols":[[0,32]],"lengths":"55555555555555555555'
+    b'555555555555"},"gaps":{"count":2000,"nbits":10000,"block":1024,"sync_base":4000,"sync_width":9,'
+    b'"symbols":[[0,32]],"lengths":"4444555555555555666666777777772"}}],'
+    b'"sections":[{"name":"raw","length":2000,"crc32":1000},{"name":"layer:fc1","length":20000,"crc32":'
+)
 
 
 class CompressedFileError(BadFileError):
@@ -61,7 +94,23 @@ class CompressedFileError(BadFileError):
     """
 
 
-def pack_container(header: dict, sections: list[tuple[str, bytes]]) -> bytes:
+def deflate_header(text: bytes, version: int = VERSION) -> bytes:
+    """The header bytes ``H`` of a file of ``version`` holding JSON ``text``."""
+    if version == 1:
+        return zlib.compress(text, 9)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_DICTIONARY)
+    return packer.compress(text) + packer.flush()
+
+
+def inflate_header(head: bytes, version: int = VERSION) -> bytes:
+    """The JSON text of header bytes ``H`` (no limits: for tools and tests; readers use `unpack_header`)."""
+    if version == 1:
+        return zlib.decompress(head)
+    inflate = zlib.decompressobj(-15, zdict=HEADER_DICTIONARY)
+    return inflate.decompress(head) + inflate.flush()
+
+
+def pack_container(header: dict, sections: list[tuple[str, bytes]], version: int = VERSION) -> bytes:
     """Serialise ``header`` (JSON-able dict, without ``sections``) and named sections to bytes."""
     if "sections" in header:
         raise ValueError("header key 'sections' is reserved for the container")
@@ -72,8 +121,8 @@ def pack_container(header: dict, sections: list[tuple[str, bytes]]) -> bytes:
     text = json.dumps({**header, "sections": table}, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
         raise ValueError(f"header of {len(text)} bytes is too large (the limit is {MAX_HEADER_BYTES})")
-    head = zlib.compress(text, 9)
-    fixed = struct.pack("<8sHHI", MAGIC, VERSION, 0, len(head))
+    head = deflate_header(text, version)
+    fixed = struct.pack("<8sHHI", MAGIC, version, 0, len(head))
     crc = zlib.crc32(head, zlib.crc32(fixed))
     return b"".join([fixed, struct.pack("<I", crc), head, *(data for _, data in sections)])
 
@@ -109,17 +158,17 @@ def _no_constants(name: str):
     raise ValueError(f"non-finite number {name}")
 
 
-def _parse_header(head: bytes, name: str) -> tuple[dict, list[tuple[str, int, int]]]:
+def _parse_header(head: bytes, name: str, version: int = VERSION) -> tuple[dict, list[tuple[str, int, int]]]:
     """(header without "sections", [(section name, length, crc32)]) of the compressed header bytes."""
-    inflate = zlib.decompressobj()
+    inflate = zlib.decompressobj() if version == 1 else zlib.decompressobj(-15, zdict=HEADER_DICTIONARY)
     try:
         text = inflate.decompress(head, MAX_HEADER_BYTES)
     except zlib.error:
-        raise CompressedFileError(f"{name}: malformed header (not a zlib stream)") from None
+        raise CompressedFileError(f"{name}: malformed header (not a {'zlib' if version == 1 else 'deflate'} stream)") from None
     if inflate.unconsumed_tail:
         raise CompressedFileError(f"{name}: malformed header (inflates to more than {MAX_HEADER_BYTES} bytes)")
     if not inflate.eof or inflate.unused_data:
-        raise CompressedFileError(f"{name}: malformed header (not one complete zlib stream)")
+        raise CompressedFileError(f"{name}: malformed header (not one complete {'zlib' if version == 1 else 'deflate'} stream)")
     if json_depth(text) > MAX_HEADER_DEPTH:
         raise CompressedFileError(f"{name}: malformed header (JSON nested deeper than {MAX_HEADER_DEPTH})")
     collecting = gc.isenabled()
@@ -152,10 +201,10 @@ def _parse_header(head: bytes, name: str) -> tuple[dict, list[tuple[str, int, in
     return header, entries
 
 
-def _read_head(read: Callable[[int], bytes], size: int, name: str) -> tuple[dict, list[tuple[str, int, int]], int]:
+def _read_head(read: Callable[[int], bytes], size: int, name: str) -> tuple[dict, list[tuple[str, int, int]], int, int]:
     """Check the prefix and header; ``read(n)`` returns the next (up to) ``n`` bytes, ``size`` the total.
 
-    Returns ``(header, section entries, offset of the first section)``; the
+    Returns ``(header, section entries, offset of the first section, version)``; the
     file size is checked against the section table, nothing of the sections is read.
     """
     prefix = read(PREFIX_SIZE)
@@ -164,8 +213,9 @@ def _read_head(read: Callable[[int], bytes], size: int, name: str) -> tuple[dict
     if len(prefix) < PREFIX_SIZE:
         raise CompressedFileError(f"{name}: truncated ({size} bytes, the fixed header alone is {PREFIX_SIZE})")
     magic, version, flags, head_len, head_crc = _PREFIX.unpack(prefix)
-    if version != VERSION:
-        raise CompressedFileError(f"{name}: format version {version} is not supported (this machop reads version {VERSION})")
+    if version not in VERSIONS:
+        raise CompressedFileError(f"{name}: format version {version} is not supported "
+                                  f"(this machop reads versions {', '.join(map(str, VERSIONS))})")
     if head_len > size - PREFIX_SIZE:
         raise CompressedFileError(f"{name}: truncated (header of {head_len} bytes, file has {size} bytes)")
     if head_len > MAX_HEADER_BYTES:
@@ -177,14 +227,14 @@ def _read_head(read: Callable[[int], bytes], size: int, name: str) -> tuple[dict
         raise CompressedFileError(f"{name}: header CRC mismatch (the file is corrupt)")
     if flags != 0:  # covered by the CRC: only a writer from the future sets it
         raise CompressedFileError(f"{name}: unknown flags {flags:#06x}")
-    header, entries = _parse_header(head, name)
+    header, entries = _parse_header(head, name, version)
     offset = PREFIX_SIZE + head_len
     expected = offset + sum(length for _, length, _ in entries)
     if size < expected:
         raise CompressedFileError(f"{name}: truncated ({size} bytes, sections end at {expected})")
     if size > expected:
         raise CompressedFileError(f"{name}: {size - expected} unexpected trailing bytes")
-    return header, entries, offset
+    return header, entries, offset, version
 
 
 def _read_sections(read: Callable[[int], bytes], entries: list[tuple[str, int, int]], name: str) -> dict[str, bytes]:
@@ -222,8 +272,13 @@ def unpack_header(
     Checks everything but the sections' CRCs (the size must match the table).
     """
     read, size = _memory_reader(data)
-    header, entries, _ = _read_head(read, size, name)
+    header, entries, _, _ = _read_head(read, size, name)
     return header, entries
+
+
+def version_of(data: bytes | bytearray | memoryview) -> int:
+    """The format version of a container in memory (read it with `unpack_header` / `unpack_container` first)."""
+    return struct.unpack_from("<H", data, len(MAGIC))[0]
 
 
 def unpack_container(data: bytes | bytearray | memoryview, name: str = "compressed file") -> tuple[dict, dict[str, bytes]]:
@@ -234,12 +289,12 @@ def unpack_container(data: bytes | bytearray | memoryview, name: str = "compress
     byte that does not match its CRC.
     """
     read, size = _memory_reader(data)
-    header, entries, _ = _read_head(read, size, name)
+    header, entries, _, _ = _read_head(read, size, name)
     return header, _read_sections(read, entries, name)
 
 
 class ContainerFile:
-    """An open ``.mchz`` file whose prefix and header are checked: ``header``, ``entries``, ``size``.
+    """An open ``.mchz`` file whose prefix and header are checked: ``header``, ``entries``, ``size``, ``version``.
 
     ``read_sections()`` then reads and checks the sections. Use as a context
     manager (closes the file). Opening refuses (`machop.files.open_regular`),
@@ -255,7 +310,7 @@ class ContainerFile:
         self._file = open_regular(self.path)
         try:
             size = os.fstat(self._file.fileno()).st_size
-            self.header, self.entries, self.offset = _read_head(self._read, size, name)
+            self.header, self.entries, self.offset, self.version = _read_head(self._read, size, name)
             self.size = size
         except BaseException:
             self._file.close()

@@ -14,13 +14,19 @@ weight once) the file stores, over the flattened weight:
   A gap of ``d`` pruned positions is ``d // G`` fillers then ``d % G``.
   (The paper's filler is a zero stored as a value; a pruned position must
   stay pruned, so a filler that carries no value is both exact and smaller.)
-- the **codebook** (float32: the centroids, or the fixed-point grid).
+- the **codebook**: a k-means layer's centroids, in the format its
+  `KMeansWeight` uses them (float32, or float16/bfloat16 with a ``codebook``
+  spec); a fixed-point layer's grid is not stored (its spec determines it).
 
 Values and gaps are each Huffman-coded with their own canonical table
 (`codec`). Every other state-dict entry (biases, batch norm, masks of
 layers stored raw, inserted modules' buffers) is stored raw, little-endian,
 once: a key holding the same tensor as an earlier one (a tied weight's
-second site) is recorded as an alias of it. The JSON header also holds
+second site) is recorded as an alias of it. A tensor whose first
+parametrization is a `machop.nn.Compact` (biases, norm parameters rounded to
+16 bits by the quantize pass) is stored in that 16-bit format, one whose
+first parametrization is a `FixedPoint` (an ``integer`` layer's bias) as its
+8- or 16-bit integer codes: the value the model uses, exactly (`raw_format`). The JSON header also holds
 `describe_structure` (registry model name or your model's class name,
 dataset info, ties, parametrization chains, inserted modules) and every
 state-dict key with its shape and dtype. A file holds no code: decoding a
@@ -34,7 +40,7 @@ import logging
 import os
 import sys
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -54,11 +60,25 @@ from machop.ir.serialize import (
     state_signature,
 )
 from machop.models import MODELS, get_model
-from machop.nn import WeightCodes, dense_parameter_count, has_compression, load_weight_codes, weight_codes
+from machop.nn import (
+    FLOAT_FORMATS,
+    MAX_FRAC_WIDTH,
+    MAX_WIDTH,
+    SHORT_FLOATS,
+    WeightCodes,
+    dense_parameter_count,
+    fixed_point_codes,
+    fixed_point_grid,
+    has_compression,
+    load_weight_codes,
+    round_to,
+    weight_codes,
+)
 from machop.nn.rebuild import is_int, short
 
 from . import codec
-from .format import CompressedFileError, ContainerFile, pack_container, read_container_header, unpack_container, unpack_header
+from .format import VERSION, CompressedFileError, ContainerFile, deflate_header, pack_container, unpack_container, \
+    unpack_header, version_of
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +139,110 @@ def _tensor_from(data: bytes, shape: list[int], dtype: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(shape).clone()
 
 
+# --------------------------------------------------------------------------- storage formats (version 2)
+
+
+def _chains(structure: dict) -> dict[tuple[str, str], list]:
+    """``(module, tensor)`` → its recorded parametrization chain (``[{class, spec}, ...]``)."""
+    return {(rec["module"], rec["tensor"]): rec["chain"] for rec in structure["parametrizations"]}
+
+
+class RawFormat(NamedTuple):
+    """How a raw tensor is stored: ``dtype``, and for fixed point the ``frac_width`` its integer codes scale by."""
+
+    dtype: str
+    frac_width: int | None = None
+
+
+def raw_format(key: str, dtype: str, chains: dict[tuple[str, str], list], version: int = VERSION) -> RawFormat:
+    """How a raw tensor is stored: as recorded, or (version 2) as the value its first parametrization rounds it to.
+
+    A float32/float64 ``<module>.parametrizations.<tensor>.original`` whose
+    chain *starts* with
+
+    - ``{"class": "Compact", "spec": {"dtype": D}}`` is stored as ``D``
+      (float16, bfloat16): the model uses ``round_to(original, D)``;
+    - ``{"class": "FixedPoint", "spec": {"width": w, "frac_width": f}}`` is
+      stored as the integer codes ``q`` (int8 for ``w <= 8``, else int16) of
+      ``q * 2**-f``, the value the model uses.
+
+    Either value is exact in the recorded dtype and is a fixed point of the
+    rounding, so the decoded ``original`` gives bit-identical outputs.
+    """
+    plain = RawFormat(dtype)
+    if version < 2 or dtype not in ("float32", "float64") or not key.endswith(".original"):
+        return plain
+    head, found, tail = f".{key}".rpartition(".parametrizations.")
+    if not found or tail.count(".") != 1:
+        return plain
+    chain = chains.get((head.lstrip("."), tail.partition(".")[0]))
+    first = chain[0] if chain else None
+    spec = first.get("spec") if isinstance(first, dict) else None
+    if not isinstance(spec, dict):
+        return plain
+    if first.get("class") == "Compact":
+        fmt = spec.get("dtype")
+        return RawFormat(fmt) if isinstance(fmt, str) and fmt in SHORT_FLOATS else plain
+    if first.get("class") == "FixedPoint":
+        width, frac = spec.get("width"), spec.get("frac_width")
+        if is_int(width) and 1 <= width <= MAX_WIDTH and is_int(frac) and 0 <= frac <= MAX_FRAC_WIDTH:
+            return RawFormat("int8" if width <= 8 else "int16", frac)
+    return plain
+
+
+def _raw_bytes(key: str, t: torch.Tensor, fmt: RawFormat, chains: dict[tuple[str, str], list]) -> bytes:
+    """``t`` as stored in ``fmt`` (its own dtype, the short float it is rounded to, or its fixed-point codes)."""
+    t = t.detach()
+    if fmt.frac_width is not None:
+        head, _, tail = f".{key}".rpartition(".parametrizations.")
+        width = chains[(head.lstrip("."), tail.partition(".")[0])][0]["spec"]["width"]
+        codes = fixed_point_codes(t, width, fmt.frac_width)  # as FixedPoint computes them, in t's dtype
+        if not torch.isfinite(codes).all():
+            raise ValueError(f"huffman_encode: {key} holds NaN: its fixed-point codes cannot be stored")
+        return _tensor_bytes(codes.to(_DTYPES[fmt.dtype]))
+    if str(t.dtype).removeprefix("torch.") == fmt.dtype:
+        return _tensor_bytes(t)
+    return _tensor_bytes(round_to(t, fmt.dtype).to(_DTYPES[fmt.dtype]))
+
+
+def _raw_tensor(chunk: bytes, shape: list[int], dtype: str, fmt: RawFormat) -> torch.Tensor:
+    """Inverse of `_raw_bytes`: the tensor in its recorded ``dtype`` (a widening, or codes times 2^-frac: exact)."""
+    t = _tensor_from(chunk, shape, fmt.dtype).to(_DTYPES[dtype])
+    return t * 2.0 ** -fmt.frac_width if fmt.frac_width is not None else t
+
+
+def _flat_table(symbols: np.ndarray) -> codec.HuffmanTable:
+    """The most even complete code over ``symbols``: lengths ``k - 1`` for the first ``2^k - n``, ``k`` for the rest."""
+    n = symbols.size
+    k = max(1, int(n - 1).bit_length())
+    lengths = np.full(n, k, dtype=np.uint8)
+    lengths[: (1 << k) - n] = k - 1
+    return codec.HuffmanTable(symbols, lengths)
+
+
+def _table_cost(table: codec.HuffmanTable) -> int:
+    """Bits the code table adds to the (deflated) header, estimated by deflating its lengths alone."""
+    return 8 * len(deflate_header(table.to_json()["lengths"].encode()))
+
+
+def _encode_stream(data: np.ndarray) -> codec.EncodedStream:
+    """The optimal Huffman code, or the flat code when its payload plus table is smaller (few symbols of many kinds).
+
+    A layer of 325 weights in 256 clusters gains 10 bits from its Huffman
+    code, whose 256 code lengths cost ~30 bytes of header; a flat code's
+    lengths ("888...8") deflate to a few bytes.
+    """
+    best = codec.encode(data)
+    symbols = best.table.symbols
+    if symbols.size <= 2 or best.count == 0:
+        return best
+    flat = _flat_table(symbols)
+    counts = np.bincount(np.searchsorted(symbols, data), minlength=symbols.size)
+    if flat.coded_bits(symbols, counts) + _table_cost(flat) < best.nbits + _table_cost(best.table):
+        return codec.encode(data, flat)
+    return best
+
+
 # --------------------------------------------------------------------------- encode
 
 
@@ -169,9 +293,17 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         f"{q}.parametrizations.{t}.".lstrip(".") for w, _ in coded for q, _, t in w.sites
     )
     raw_keys = [k for k in state if not k.startswith(coded_prefixes) and k not in aliases]
-    sections: list[tuple[str, bytes]] = [("raw", b"".join(_tensor_bytes(state[k]) for k in raw_keys))]
+    chains = _chains(structure)
+    dtypes = {k: d for k, _, d in signature}
+    raw_formats = {k: raw_format(k, dtypes[k], chains) for k in raw_keys}
+    sections: list[tuple[str, bytes]] = [("raw", b"".join(_raw_bytes(k, state[k], raw_formats[k], chains) for k in raw_keys))]
+    raw_by_format: dict[str, int] = {}
+    for k in raw_keys:
+        fmt = raw_formats[k].dtype
+        raw_by_format[fmt] = raw_by_format.get(fmt, 0) + state[k].numel() * _ITEMSIZE[fmt]
     layers, rows = [], []
     v_total = g_total = 0
+    parts = {"values": 0, "positions": 0, "codebooks": 0}
     for w, wc in coded:
         codes = wc.codes.detach().cpu().reshape(-1).numpy()
         mask = wc.mask.detach().cpu().reshape(-1).numpy()
@@ -180,14 +312,23 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         values = codes[positions].astype(np.int64)
         if values.size and (values.min() < 0 or values.max() >= codebook.numel()):
             raise ValueError(f"huffman_encode: weight {w.name} has codes outside its codebook of {codebook.numel()}")
-        v_stream = codec.encode(values)
-        g_stream = codec.encode(gap_encode(positions, index_bits))
-        book = _tensor_bytes(codebook)
+        v_stream = _encode_stream(values)
+        g_stream = _encode_stream(gap_encode(positions, index_bits))
+        book = b""  # a fixed-point grid is not stored: the chain's FixedPoint spec determines it
+        if wc.kind == "kmeans":
+            stored = codebook.to(_DTYPES[wc.codebook_format])
+            if not torch.equal(stored.to(torch.float32), codebook):
+                raise ValueError(f"huffman_encode: the codebook of {w.name} is not exact in {wc.codebook_format}")
+            book = _tensor_bytes(stored)
         name = _record_name(w.qualname, w.tensor_name)
         sections.append((f"layer:{name}", v_stream.data() + g_stream.data() + book))
         where = {} if name == w.qualname else {"module": w.qualname, "tensor": w.tensor_name}  # default: name, weight
+        node = {} if w.name == name else {"node": w.name}  # default: the name
+        parts["values"] += v_stream.nbytes
+        parts["positions"] += g_stream.nbytes
+        parts["codebooks"] += len(book)
         layers.append({
-            "name": name, **where, "node": w.name, "shape": list(wc.codes.shape), "kind": wc.kind,
+            "name": name, **where, **node, "shape": list(wc.codes.shape), "kind": wc.kind,
             "bits": int(wc.bits), "codebook_size": int(codebook.numel()), "nnz": int(positions.size),
             "values": v_stream.meta(), "gaps": g_stream.meta(),
         })
@@ -201,6 +342,8 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
             "bits_per_index": g_bits / nnz if nnz else 0.0,  # Huffman-coded relative-position bits per kept weight
             "entropy_per_weight": _entropy(values), "gap_symbols": int(g_stream.count),
             "bytes": v_stream.nbytes + g_stream.nbytes + len(book),
+            "values_bytes": v_stream.nbytes, "positions_bytes": g_stream.nbytes, "codebook_bytes": len(book),
+            "codebook_format": wc.codebook_format if wc.kind == "kmeans" else None,
             "dense_bytes": 4 * int(mask.size),
         })
     dense_params = dense_parameter_count(graph.model)
@@ -233,6 +376,12 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
             "raw_bytes": len(sections[0][1]),
             "raw_tensors": len(raw_keys),
             "header_bytes": len(data) - sum(len(d) for _, d in sections),
+            # where the bytes are; the five parts add up to file_bytes (header: the 20-byte prefix included)
+            "parts": {
+                "values": parts["values"], "positions": parts["positions"], "codebooks": parts["codebooks"],
+                "raw": len(sections[0][1]), "header": len(data) - sum(len(d) for _, d in sections),
+            },
+            "raw_bytes_by_format": raw_by_format,
         },
     }
     return data, report
@@ -263,7 +412,7 @@ MODEL_BYTES_PER_FILE_BYTE, MODEL_BYTES_FLOOR = 1024, 256 << 20
 INSERTED_PER_NODE = 4
 
 _HEADER_KEYS = {"format", "structure", "tensors", "raw", "aliases", "index_bits", "dense_params", "layers"}
-_LAYER_KEYS = {"name", "node", "shape", "kind", "bits", "codebook_size", "nnz", "values", "gaps"}
+_LAYER_KEYS = {"name", "shape", "kind", "bits", "codebook_size", "nnz", "values", "gaps"}  # + module, tensor, node
 _STREAM_KEYS = {"count", "nbits", "block", "sync_base", "sync_width", "symbols", "lengths"}
 _KINDS = ("kmeans", "integer")
 
@@ -323,13 +472,14 @@ def _check_structure(s: object) -> dict:
 class _Layer:
     """One checked layer record: where its codes go, its weight's shape, its two streams."""
 
-    def __init__(self, rec: object, index_bits: int, sig: dict[str, tuple[list[int], str]], sections: dict[str, int]):
-        rec = _keys(rec, _LAYER_KEYS, "a layer record", frozenset({"module", "tensor"}))
+    def __init__(self, rec: object, index_bits: int, sig: dict[str, tuple[list[int], str]], sections: dict[str, int],
+                 chains: dict[tuple[str, str], list], version: int):
+        rec = _keys(rec, _LAYER_KEYS, "a layer record", frozenset({"module", "tensor", "node"}))
         self.name = name = _str(rec["name"], "layer name")
         what = f"layer {name!r}"
         self.module = _str(rec.get("module", name), f"{what}: module", empty=True)
         self.tensor = _str(rec.get("tensor", "weight"), f"{what}: tensor")
-        _str(rec["node"], f"{what}: node", empty=True)
+        _str(rec.get("node", name), f"{what}: node", empty=True)
         self.shape = _shape(rec["shape"], what)
         self.numel = _numel(self.shape)
         self.prefix = f"{self.module}.parametrizations.{self.tensor}.".lstrip(".")
@@ -351,10 +501,35 @@ class _Layer:
         self.gaps = self._stream(rec["gaps"], f"{what}: gaps", self.nnz, self.numel, 0, filler)
         _need((self.gaps[1] == 0) == (self.nnz == 0), f"{what}: gap symbols without kept weights, or the reverse")
         self.section = f"layer:{name}"
-        self.nbytes = self.values[2] + self.gaps[2] + 4 * self.k
+        self.codebook_format, self.frac_width = self._codebook(chains.get((self.module, self.tensor)), what, version)
+        self.codebook_bytes = 0 if self.codebook_format is None else self.k * _ITEMSIZE[self.codebook_format]
+        self.nbytes = self.values[2] + self.gaps[2] + self.codebook_bytes
         got = sections.get(self.section)
         _need(got is not None, f"section of {what} missing")
         _need(got == self.nbytes, f"section of {what} has {got} bytes, expected {self.nbytes}")
+
+    def _codebook(self, chain: list | None, what: str, version: int) -> tuple[str | None, int | None]:
+        """(format the codebook is stored in, or None when it is not stored; a fixed-point layer's frac width).
+
+        The layer's chain must end in its quantizer: a `KMeansWeight` (its
+        ``codebook`` spec, default float32, is the codebook's format; version
+        1: always float32) or a `FixedPoint` of ``bits`` width (version 2
+        stores no codebook: it is the grid of the spec's widths).
+        """
+        last = chain[-1] if chain else None
+        cls = last.get("class") if isinstance(last, dict) else None
+        spec = last.get("spec") if isinstance(last, dict) else None
+        quantizer = "KMeansWeight" if self.kind == "kmeans" else "FixedPoint"
+        _need(cls == quantizer and isinstance(spec, dict),
+              f"{what}: its tensor's recorded chain does not end in a {quantizer}")
+        if self.kind == "kmeans":
+            fmt = spec.get("codebook", "float32")
+            _need(isinstance(fmt, str) and fmt in FLOAT_FORMATS,
+                  f"{what}: codebook format must be one of {', '.join(FLOAT_FORMATS)}, got {short(fmt)}")
+            return ("float32" if version < 2 else fmt), None
+        _need(spec.get("width") == self.bits, f"{what}: {self.bits} bits, but its FixedPoint is {short(spec.get('width'))} wide")
+        frac = _int(spec.get("frac_width"), f"{what}: frac_width", 0, MAX_FRAC_WIDTH)
+        return ("float32" if version < 2 else None), frac
 
     @staticmethod
     def _stream(meta: object, what: str, lo: int, hi: int, smin: int, smax: int) -> tuple[dict, int, int]:
@@ -385,8 +560,9 @@ class _Header:
     elements, under ``original`` or a chain entry that the structure records).
     """
 
-    def __init__(self, header: dict, section_lengths: dict[str, int], name: str):
+    def __init__(self, header: dict, section_lengths: dict[str, int], name: str, version: int = VERSION):
         self.name = name
+        self.version = version
         if header.get("format") != FORMAT_NAME:
             raise CompressedFileError(
                 f"{name}: not a machop Huffman model file (format {short(header.get('format'))})")
@@ -432,7 +608,8 @@ class _Header:
             _int(header["dense_params"], "dense_params", 0, 1 << 62)
         layers = header["layers"]
         _need(isinstance(layers, list), "layers must be a list")
-        self.layers = [_Layer(rec, self.index_bits, self.sig, section_lengths) for rec in layers]
+        chains = _chains(self.structure)
+        self.layers = [_Layer(rec, self.index_bits, self.sig, section_lengths, chains, self.version) for rec in layers]
         names = [layer.name for layer in self.layers]
         _need(len(set(names)) == len(names), "a layer is recorded twice")
         prefixes = [layer.prefix for layer in self.layers]
@@ -441,11 +618,11 @@ class _Header:
         extra = set(section_lengths) - expected
         _need(not extra, f"unknown section {short(sorted(extra)[0]) if extra else ''}")
         _need("raw" in section_lengths, "raw section missing")
-        self.raw_bytes = [_numel(self.sig[k][0]) * _ITEMSIZE[self.sig[k][1]] for k in raw]
+        self.raw_formats = [raw_format(k, self.sig[k][1], chains, self.version) for k in raw]  # stored dtypes
+        self.raw_bytes = [_numel(self.sig[k][0]) * _ITEMSIZE[f.dtype] for k, f in zip(raw, self.raw_formats)]
         _need(section_lengths["raw"] == sum(self.raw_bytes),
               f"raw section has {section_lengths['raw']} bytes, expected {sum(self.raw_bytes)}")
         # tensors not stored: re-created for a coded layer (placeholders)
-        chains = {(rec["module"], rec["tensor"]): len(rec["chain"]) for rec in self.structure["parametrizations"]}
         by_prefix = {layer.prefix: layer for layer in self.layers}
         self.placeholders: list[tuple[str, list[int], str]] = []
         self.placeholder_bytes = 0
@@ -457,7 +634,7 @@ class _Header:
             _need(layer is not None and key.startswith(layer.prefix), f"tensor {key!r} is neither stored raw nor coded")
             rest = key[len(layer.prefix):]
             index, _, attr = rest.partition(".")
-            n_chain = chains.get((layer.module, layer.tensor), 0)
+            n_chain = len(chains.get((layer.module, layer.tensor), ()))
             _need(rest == "original" or index.isdigit() and int(index) < n_chain and attr and "." not in attr,
                   f"tensor {key!r} belongs to no parametrization the structure records")
             _need(shape == layer.shape or len(shape) == 0 or len(shape) == 1 and shape[0] <= MAX_CODEBOOK,
@@ -580,12 +757,12 @@ class _Decoder:
                             f"{PLACEHOLDER_FACTOR}x the model ({budget} bytes)")
         state: dict[str, torch.Tensor] = {}
         raw, at = self.sections["raw"], 0
-        for key, size in zip(hdr.raw_keys, hdr.raw_bytes):
+        for key, size, fmt in zip(hdr.raw_keys, hdr.raw_bytes, hdr.raw_formats):
             shape, dtype = hdr.sig[key]
             chunk = raw[at : at + size]
             if dtype == "bool" and chunk.translate(None, b"\x00\x01"):
                 raise self.fail(f"tensor {key!r} is bool but holds bytes other than 0 and 1")
-            state[key] = _tensor_from(chunk, shape, dtype)
+            state[key] = _raw_tensor(chunk, shape, dtype, fmt)
             at += size
         for key, shape, dtype in hdr.placeholders:
             state[key] = torch.zeros(shape, dtype=_DTYPES[dtype])
@@ -629,7 +806,10 @@ class _Decoder:
             raise self.fail(f"layer {layer.name!r}: {positions.size} positions for {values.size} values")
         if values.size and (values.min() < 0 or values.max() >= layer.k):
             raise self.fail(f"layer {layer.name!r}: codes outside the codebook")
-        codebook = _tensor_from(data[v_len + g_len :], [layer.k], "float32")
+        if layer.codebook_format is None:  # version 2 fixed point: the grid of the recorded widths
+            codebook = fixed_point_grid(layer.bits, layer.frac_width)
+        else:
+            codebook = _tensor_from(data[v_len + g_len :], [layer.k], layer.codebook_format).to(torch.float32)
         flat_codes = np.zeros(layer.numel, dtype=np.int64)
         flat_codes[positions] = values
         flat_mask = np.zeros(layer.numel, dtype=bool)
@@ -637,6 +817,7 @@ class _Decoder:
         return WeightCodes(
             codes=torch.from_numpy(flat_codes).reshape(layer.shape), codebook=codebook,
             mask=torch.from_numpy(flat_mask).reshape(layer.shape), bits=layer.bits, kind=layer.kind,
+            codebook_format=layer.codebook_format or "float32",
         )
 
     def load(self, graph: MaseGraph, state: dict[str, torch.Tensor], codes: list[tuple[str, str, WeightCodes]]) -> None:
@@ -657,9 +838,10 @@ def _without(message: str, name: str) -> str:
     return message.removeprefix(f"{name}: ").removeprefix(f"{name} ")
 
 
-def check_header(header: dict, section_lengths: dict[str, int], name: str = "compressed file") -> None:
+def check_header(header: dict, section_lengths: dict[str, int], name: str = "compressed file",
+                 version: int = VERSION) -> None:
     """Check a model file's header against itself and its section lengths (CompressedFileError, one line)."""
-    _Header(header, section_lengths, name)
+    _Header(header, section_lengths, name, version)
 
 
 def read_header(path: str | os.PathLike) -> dict:
@@ -670,14 +852,14 @@ def read_header(path: str | os.PathLike) -> dict:
     whose size differs from what its header claims, or whose header is
     malformed. The sections' CRCs and the architecture are not checked.
     """
-    header, entries = read_container_header(path)
-    _Header(header, {n: length for n, length, _ in entries}, str(path))
-    return header
+    with ContainerFile(path) as f:
+        _Header(f.header, {n: length for n, length, _ in f.entries}, f.name, f.version)
+        return f.header
 
 
 def _decode(header: dict, sections: dict[str, bytes], file_bytes: int, graph: MaseGraph | None, name: str,
-            context: PassContext | None, model: nn.Module | MaseGraph | None) -> MaseGraph:
-    hdr = _Header(header, {n: len(d) for n, d in sections.items()}, name)
+            context: PassContext | None, model: nn.Module | MaseGraph | None, version: int) -> MaseGraph:
+    hdr = _Header(header, {n: len(d) for n, d in sections.items()}, name, version)
     decoder = _Decoder(hdr, sections, file_bytes)
     graph, structured = decoder.target(graph, model, context)
     state = decoder.state(graph, structured)
@@ -716,7 +898,7 @@ def decode_model(
     refusal is a one-line `CompressedFileError` prefixed with ``name``.
     """
     header, sections = unpack_container(data, name)
-    return _decode(header, sections, len(data), graph, name, context, model)
+    return _decode(header, sections, len(data), graph, name, context, model, version_of(data))
 
 
 def read_file(path: str | os.PathLike) -> bytes:
@@ -729,14 +911,14 @@ def read_file(path: str | os.PathLike) -> bytes:
     `machop.files.NoSuchFile`, also a FileNotFoundError, for a missing path).
     """
     with ContainerFile(path) as f:
-        _Header(f.header, {n: length for n, length, _ in f.entries}, f.name)
+        _Header(f.header, {n: length for n, length, _ in f.entries}, f.name, f.version)
         return f.read_all()
 
 
 def file_header(data: bytes, name: str = "compressed file") -> dict:
     """The checked JSON header of a compressed model file in memory (for tools and reports)."""
     header, entries = unpack_header(data, name)
-    _Header(header, {n: length for n, length, _ in entries}, name)
+    _Header(header, {n: length for n, length, _ in entries}, name, version_of(data))
     return header
 
 

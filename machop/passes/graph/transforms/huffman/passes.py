@@ -109,9 +109,12 @@ def huffman_encode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tupl
     """Write the Deep Compression file of ``graph`` (atomically) and report its size.
 
     ``info``: ``path``, ``file_bytes`` (size on disk), ``layers`` (per layer:
-    nnz, bits per weight, bits per index, bytes, ...) and ``total`` (dense
-    fp32 bytes = 4 x float parameters of the dense model, weights and
-    biases; ``ratio`` = dense bytes / file bytes). The graph is unchanged.
+    nnz, bits per weight, bits per index, bytes and their split into
+    ``values_bytes``, ``positions_bytes``, ``codebook_bytes``, ...) and
+    ``total`` (dense fp32 bytes = 4 x float parameters of the dense model,
+    weights and biases; ``ratio`` = dense bytes / file bytes; ``parts``:
+    values, positions, codebooks, raw, header bytes, adding up to the
+    file). The graph is unchanged.
     """
     path = pass_path(graph.context.step, "passes.huffman_encode")
     args = parse_huffman_args(pass_args, path)
@@ -169,6 +172,7 @@ def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
     logger.info("wrote %s: %d bytes, %.1fx smaller than dense fp32 (%d bytes); %.2f bits/weight + %.2f bits/index",
                 target, file_bytes, total["ratio"], total["dense_bytes"], total["bits_per_weight"],
                 total["bits_per_index"])
+    logger.info("bytes: %s", ", ".join(f"{part} {n}" for part, n in total["parts"].items()))
     return {"is_huffman": True, "path": str(target), "file_bytes": file_bytes, **report}
 
 

@@ -4,6 +4,8 @@
 
     [passes.quantize]
     by = "type"                       # "type" | "name" | "regex_name"
+    side = "float32"                  # optional; "float16" | "bfloat16": round every other float parameter
+                                      # (biases, norm affine parameters) to it, stored so in the .mchz file
 
     [passes.quantize.default.config]  # layers no other key selects
     name = "NA"                       # "NA": leave the layer alone
@@ -24,6 +26,8 @@
     init = "linear"                   # optional; "linear" | "density" | "random"
     max_iter = 300                    # optional; Lloyd iterations at most
     tol = 1e-4                        # optional; stop when the squared centroid shift <= tol * var(weights)
+    codebook = "float32"              # optional; "float16" | "bfloat16": centroids used and stored in 16 bits
+    bias = "float32"                  # optional; "float16" | "bfloat16": the layer's bias likewise
 
 The six ``integer`` keys are all required, as MASE writes them; a
 ``"NA"`` width/frac pair leaves that tensor (input or bias) in float.
@@ -43,6 +47,17 @@ input; a weight inside a module with no node of its own (the Linear layers
 of an ``nn.TransformerEncoderLayer``) and an embedding (whose input is
 token indices) keep a float input, and the pass's info says so.
 
+``codebook``, ``bias`` and ``side`` make the model *use* the values the
+compressed file stores in 16 bits (`machop.nn.Compact`, rounding with a
+straight-through gradient; `KMeansWeight` rounds its centroids): set them
+before the last fine-tune and the decoded model stays bit-identical.
+``side`` applies, after the layer configs, to every float parameter that is
+not a compressible weight and has no parametrization yet (biases of layers
+left alone or k-means layers without ``bias``, batch-norm weight and bias,
+...); a fixed-point bias keeps its fixed point. Buffers (batch-norm running
+statistics) cannot be parametrized: they stay as they are (float32).
+``"float32"`` (the default) leaves everything as before.
+
 Ranges: widths 1..16 bits (see `fixed_point`), frac widths 0..32 and allowed
 to exceed the width; ``weight_bits`` 1..16.
 """
@@ -54,13 +69,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from machop.config import ConfigError, check_range, from_dict, join
-from machop.nn import KIND_NAMES, MAX_FRAC_WIDTH, MAX_WIDTH, LayerKind
+from machop.nn import FLOAT_FORMATS, KIND_NAMES, MAX_FRAC_WIDTH, MAX_WIDTH, LayerKind
 
 from machop.nn.kmeans import Init
 
 BY = ("type", "name", "regex_name")
 ARITHMETICS = ("integer", "kmeans")
 MAX_KMEANS_BITS = 16
+FloatFormat = Literal["float32", "float16", "bfloat16"]  # machop.nn.FLOAT_FORMATS (a test keeps them equal)
 
 
 def _check_pair(cfg, prefix: str, path: str, optional: bool) -> None:
@@ -99,6 +115,8 @@ class KMeansConfig:
     init: Init = "linear"
     max_iter: int = 300
     tol: float = 1e-4
+    codebook: FloatFormat = "float32"  # the centroids' format, used in forward and stored
+    bias: FloatFormat = "float32"  # the bias's format (float32: left alone, or to ``side``)
 
     def validate(self, path: str) -> None:
         check_range(self.weight_bits, join(path, "weight_bits"), 1, MAX_KMEANS_BITS)
@@ -120,6 +138,7 @@ class QuantizeArgs:
     default: LayerConfig = None
     rules: dict[str, LayerConfig] = field(default_factory=dict)
     path: str = "passes.quantize"
+    side: str = "float32"  # FloatFormat of every other float parameter (see the module docstring)
 
     def patterns(self) -> dict[str, re.Pattern]:
         return {key: re.compile(key) for key in self.rules} if self.by == "regex_name" else {}
@@ -157,8 +176,13 @@ def parse_quantize_args(pass_args: dict | None, path: str = "passes.quantize") -
     if by not in BY:
         raise ConfigError(join(path, "by"), f"must be one of {', '.join(repr(b) for b in BY)}, got {by!r}")
     args = QuantizeArgs(by=by, path=path)
+    if "side" in pass_args and not isinstance(pass_args["side"], dict):  # a table named "side" is a rule (by = "name")
+        side = pass_args["side"]
+        if side not in FLOAT_FORMATS:
+            raise ConfigError(join(path, "side"), f"must be one of {', '.join(map(repr, FLOAT_FORMATS))}, got {side!r}")
+        args.side = side
     for key, entry in pass_args.items():
-        if key == "by":
+        if key == "by" or (key == "side" and not isinstance(entry, dict)):
             continue
         key_path = join(path, key)
         if not isinstance(entry, dict):

@@ -9,6 +9,10 @@ Every compressible weight the config selects (see `config`) is quantized in plac
 - ``kmeans``: a `KMeansWeight` parametrization on the weight (after any
   prune mask) holding the centroids (trainable), the cluster index and the
   prune mask (or all True). The original weight stays underneath, frozen.
+  ``codebook`` rounds the centroids to 16 bits in forward; ``bias`` puts a
+  `Compact` parametrization (16-bit rounding) on the layer's bias;
+- ``side``: a `Compact` parametrization on every float parameter that is
+  not a compressible weight and has no parametrization yet.
 
 A tied weight or a layer called twice is one weight: quantized once, one
 codebook at every site. A weight is quantized once: selecting an already
@@ -26,7 +30,19 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, join, pass_path
 from machop.ir import MaseGraph
-from machop.nn import FixedPoint, KMeansWeight, Weight, get_mask, index_dtype, kmeans_1d, most_specific, quantizer_of, register
+from machop.nn import (
+    Compact,
+    FixedPoint,
+    KMeansWeight,
+    Weight,
+    get_mask,
+    index_dtype,
+    kmeans_1d,
+    most_specific,
+    quantizer_of,
+    register,
+    tensor_sites,
+)
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 
 from .config import KIND_NAMES, IntegerConfig, KMeansConfig, LayerConfig, QuantizeArgs, parse_quantize_args
@@ -109,7 +125,8 @@ def quantize_integer(graph: MaseGraph, w: Weight, cfg: IntegerConfig) -> str | N
     return None
 
 
-def quantize_kmeans(w: Weight, bits: int, cfg: KMeansConfig, generator: torch.Generator | None = None) -> dict:
+def quantize_kmeans(w: Weight, bits: int, cfg: KMeansConfig, generator: torch.Generator | None = None,
+                    model: torch.nn.Module | None = None) -> dict:
     """Share the weight's kept values among at most ``2**bits`` centroids; returns clustering figures.
 
     The weights the prune mask keeps (all, if unpruned: exact zeros are then
@@ -129,9 +146,42 @@ def quantize_kmeans(w: Weight, bits: int, cfg: KMeansConfig, generator: torch.Ge
             index = labels.view(weight.shape)
         else:
             index = torch.zeros(weight.shape, dtype=labels.dtype, device=weight.device).masked_scatter_(mask, labels)
-    register(w, KMeansWeight(centroids, index, mask, bits))
+    register(w, KMeansWeight(centroids, index, mask, bits, codebook=cfg.codebook))
     w.stored().requires_grad_(False)
+    if cfg.bias != "float32" and w.bias_name is not None and not parametrize.is_parametrized(w.module, w.bias_name):
+        compact(w.module if model is None else model, w.module, w.bias_name, cfg.bias)
     return {"n_iter": result.n_iter, "converged": result.converged, "sse": result.sse, "relocation": result.relocation}
+
+
+def compact(model, module, name: str, dtype: str) -> str:
+    """A `Compact` (16-bit rounding) parametrization on ``module.name``, at every site of ``model`` holding it.
+
+    Returns the first site's ``module.name`` key.
+    """
+    param = module._parameters[name]
+    group = tensor_sites(model).get(id(param)) or [("", module, name)]
+    rounding = Compact(dtype)  # one object at every site of a tied parameter
+    for _, m, n in group:
+        parametrize.register_parametrization(m, n, rounding, unsafe=True)
+    return f"{group[0][0]}.{group[0][2]}".lstrip(".")
+
+
+def compact_side(graph: MaseGraph, dtype: str) -> list[str]:
+    """`Compact` on every float parameter that is not a compressible weight and has no parametrization yet.
+
+    Returns the ``module.name`` keys it rounds (a tied parameter once).
+    """
+    weights = {id(w.stored()) for w in graph.weights()}
+    done = []
+    for group in tensor_sites(graph.model).values():
+        _, module, name = group[0]
+        if parametrize.is_parametrized(module, name):
+            continue
+        param = module._parameters[name]
+        if id(param) in weights or not param.is_floating_point():
+            continue
+        done.append(compact(graph.model, module, name, dtype))
+    return done
 
 
 def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
@@ -160,7 +210,7 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
             if why is not None:
                 float_inputs.append({"name": w.name, "reason": why})
         else:
-            extra = quantize_kmeans(w, cfg.bits_for(w.kind), cfg, generator)
+            extra = quantize_kmeans(w, cfg.bits_for(w.kind), cfg, generator, graph.model)
         row = quantization_row(graph, w)
         if w.node is not None:
             graph.meta(nodes[w.node])["software"]["quantize"] = row
@@ -169,5 +219,10 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
                     row["bits"], row["distinct"], row["size_bits"] / 8192)
     if skipped:
         logger.info("left in float: %s", ", ".join(s["name"] for s in skipped))
-    return graph, {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs,
-                   "total": totals(rows)}
+    side = compact_side(graph, args.side) if args.side != "float32" else []
+    if side:
+        logger.info("side parameters rounded to %s: %s", args.side, ", ".join(side))
+    info = {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs, "total": totals(rows)}
+    if args.side != "float32":
+        info["side"] = {"format": args.side, "tensors": side}
+    return graph, info

@@ -13,7 +13,10 @@ from machop.passes.graph.transforms.huffman.format import (
     MAGIC,
     PREFIX_SIZE,
     VERSION,
+    VERSIONS,
     CompressedFileError,
+    deflate_header,
+    inflate_header,
     pack_container,
     read_container,
     unpack_container,
@@ -77,21 +80,44 @@ def test_not_a_container():
 def test_header_crc_covers_a_consistent_forgery(small):
     """Re-writing the header with a valid JSON but without fixing the CRC is caught."""
     head_len = struct.unpack_from("<I", small, 12)[0]
-    text = zlib.decompress(small[PREFIX_SIZE : PREFIX_SIZE + head_len]).replace(b'"test"', b'"TEST"')
-    head = zlib.compress(text, 9)
+    text = inflate_header(small[PREFIX_SIZE : PREFIX_SIZE + head_len]).replace(b'"test"', b'"TEST"')
+    head = deflate_header(text)
     fixed = small[:12] + struct.pack("<I", len(head)) + small[16:PREFIX_SIZE]
     with pytest.raises(CompressedFileError, match="header CRC"):
         unpack_container(fixed + head + small[PREFIX_SIZE + head_len :])
 
 
-@pytest.mark.parametrize("head", [zlib.compress(b'{"sections": 3}'), zlib.compress(b"[1]"), b'{"sections": []}',
-                                  zlib.compress(b'{"sections": []}') + b"x", zlib.compress(b"\xff")])
-def test_malformed_header_with_valid_crc_is_refused(head):
-    """What a foreign writer could produce: valid CRC, but not one zlib stream of a JSON object with sections."""
-    fixed = struct.pack("<8sHHI", MAGIC, VERSION, 0, len(head))
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("head", [b'{"sections": 3}', b"[1]", None, b'{"sections": []}x', b"\xff", b"zlib"])
+def test_malformed_header_with_valid_crc_is_refused(head, version):
+    """What a foreign writer could produce: valid CRC, but not one stream (zlib in version 1, raw deflate with the
+    preset dictionary in version 2) of a JSON object with sections."""
+    if head is None:  # not compressed at all
+        head = b'{"sections": []}'
+    elif head == b"zlib":  # the other version's stream
+        head = deflate_header(b'{"sections": []}', 2 if version == 1 else 1)
+    elif head.endswith(b"x"):  # one stream, then more
+        head = deflate_header(head[:-1], version) + b"x"
+    else:
+        head = deflate_header(head, version)
+    fixed = struct.pack("<8sHHI", MAGIC, version, 0, len(head))
     data = fixed + struct.pack("<I", zlib.crc32(head, zlib.crc32(fixed))) + head
     with pytest.raises(CompressedFileError, match="malformed"):
         unpack_container(data)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_both_versions_round_trip(version):
+    data = pack_container({"format": "test", "parametrizations": [1]}, [("a", b"xy")], version=version)
+    assert struct.unpack_from("<H", data, 8)[0] == version
+    assert unpack_container(data) == ({"format": "test", "parametrizations": [1]}, {"a": b"xy"})
+
+
+def test_preset_dictionary_shrinks_a_model_header():
+    text = (b'{"format":"machop.huffman","structure":{"model":"lenet5","dataset_info":{"name":"fashion_mnist",'
+            b'"num_classes":10,"in_channels":1,"image_size":[28,28]},"class":"LeNet5","ties":[],"inserted":[]}}')
+    assert len(deflate_header(text, 2)) < len(deflate_header(text, 1)) // 3
+    assert inflate_header(deflate_header(text, 2), 2) == text
 
 
 def test_reserved_and_duplicate_names():
@@ -109,3 +135,14 @@ def test_write_atomic_leaves_no_temporary(tmp_path):
     assert read_container(target)[0] == {"x": 1}
     with pytest.raises(FileNotFoundError):
         read_container(tmp_path / "missing.mchz")
+
+
+def test_format_md_lists_the_dictionary_byte_for_byte():
+    from pathlib import Path
+
+    from machop.passes.graph.transforms.huffman.format import HEADER_DICTIONARY
+
+    text = (Path(__file__).resolve().parents[5] / "machop/passes/graph/transforms/huffman/FORMAT.md").read_text()
+    block = text.split("## 8. The header dictionary (version 2)")[1].split("```\n")[1]
+    assert block.replace("\n", "").encode() == HEADER_DICTIONARY
+    assert f"{len(HEADER_DICTIONARY)} bytes" in text
