@@ -217,7 +217,23 @@ class CalledTwice(nn.Module):
         return torch.randn(batch, 10)
 
 
+class SmallCNN(nn.Module):
+    """A LeNet-like image classifier: conv, pool, two Linear layers (1x28x28 inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(6 * 12 * 12, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
 ZOO: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (
     MLP, ResBlockNet, DepthwiseNet, Conv1dNet, Conv3dNet, TinyTransformer, LSTMNet, AttentionGRU, ConvTransposeAE,
     TiedEmbedding, CalledTwice,
 )}
+

@@ -230,19 +230,21 @@ def choose_sparsities(sens: Sensitivity, target: PruneTarget, dense_bytes: int, 
     return allocate(layers, budget=budget)
 
 
-def choose_bits(sens: Sensitivity, max_acc_drop: float, codebook_bits: int = 32) -> dict[str, int]:
+def choose_bits(sens: Sensitivity, max_acc_drop: float, codebook_bits: int | dict[str, int] = 32) -> dict[str, int]:
     """Per measured weight the k-means width with the smallest coded size within ``max_acc_drop`` in all.
 
     A width costs its kept values at the measured label entropy (what Huffman
     coding approaches) plus its codebook: ``min(2**bits, kept)`` entries of
-    ``codebook_bits`` (a 256-entry codebook does not pay for a 325-weight layer).
+    ``codebook_bits`` (one for all, or per layer name; a 256-entry codebook
+    does not pay for a 325-weight layer).
     """
     layers = []
     for layer in sens.layers:
         if not layer.bits:
             continue
+        entry = codebook_bits if isinstance(codebook_bits, int) else codebook_bits[layer.name]
         bits = [b for b, _, _ in layer.bits]
-        cost = np.array([layer.nonzero * h + min(2**b, layer.nonzero) * codebook_bits for b, _, h in layer.bits]) / 8
+        cost = np.array([layer.nonzero * h + min(2**b, layer.nonzero) * entry for b, _, h in layer.bits]) / 8
         loss = monotone_loss([sens.baseline_acc - a for _, a, _ in layer.bits], cost)
         layers.append(Options(layer.name, bits, loss, cost))
     return allocate(layers, max_loss=max_acc_drop)

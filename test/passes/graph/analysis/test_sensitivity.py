@@ -36,52 +36,9 @@ from machop.passes.graph.analysis.sensitivity import (
 from machop.report import sensitivity_tables
 from machop.training import DataLoaders, labelled_batch
 
-from zoo.models import CalledTwice, TiedEmbedding
+from zoo.models import CalledTwice, SmallCNN, TiedEmbedding
 
 SAMPLES = 400
-
-
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 6, 5)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(6 * 12 * 12, 32)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = self.pool(torch.relu(self.conv(x)))
-        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data() -> MaseDataModule:
-    dm = MaseDataModule("fashion_mnist", batch_size=128, train_limit=5000, test_limit=500)
-    dm.setup()
-    return dm
-
-
-@pytest.fixture(scope="module")
-def trained(data) -> dict[str, torch.Tensor]:
-    """The state of SmallCNN after two quick epochs on 3,000 images (about 80% val accuracy)."""
-    torch.manual_seed(0)
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = labelled_batch(data, 3000, "train")
-    for _ in range(2):
-        for i in range(0, len(y), 64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def make_graph(data, state) -> MaseGraph:

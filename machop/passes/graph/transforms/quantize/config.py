@@ -6,6 +6,8 @@
     by = "type"                       # "type" | "name" | "regex_name"
     side = "float32"                  # optional; "float16" | "bfloat16": round every other float parameter
                                       # (biases, norm affine parameters) to it, stored so in the .mchz file
+    max_acc_drop = 0.002              # optional; weight_bits = "auto": the summed accuracy loss allowed
+    samples = 2000                    # optional; weight_bits = "auto": validation images measured
 
     [passes.quantize.default.config]  # layers no other key selects
     name = "NA"                       # "NA": leave the layer alone
@@ -22,7 +24,7 @@
 
     [passes.quantize.conv2d.config]
     name = "kmeans"                   # Deep Compression weight sharing
-    weight_bits = 8                   # optional; default 8 for convolutions, 5 for the rest
+    weight_bits = 8                   # optional; default 8 for convolutions, 5 for the rest; "auto": chosen
     init = "linear"                   # optional; "linear" | "density" | "random"
     max_iter = 300                    # optional; Lloyd iterations at most
     tol = 1e-4                        # optional; stop when the squared centroid shift <= tol * var(weights)
@@ -58,6 +60,17 @@ left alone or k-means layers without ``bias``, batch-norm weight and bias,
 statistics) cannot be parametrized: they stay as they are (float32).
 ``"float32"`` (the default) leaves everything as before.
 
+``weight_bits = "auto"`` lets the pass choose each such layer's width
+(1..8) from the layers' sensitivity to weight sharing: every auto layer is
+shared alone at each width and evaluated on ``samples`` validation images
+(`machop.passes.graph.analysis.sensitivity`), then the widths with the
+smallest coded size whose summed accuracy loss stays within
+``max_acc_drop`` are taken (`allocation.choose_bits`; a width costs its
+kept values at their label entropy plus its codebook, so a 256-entry
+codebook never goes to a 325-weight layer). The pass's info holds the
+curves and the choice, and the run's ``config.toml`` gets the table
+written out per layer (``by = "name"``), so the run repeats exactly.
+
 Ranges: widths 1..16 bits (see `fixed_point`), frac widths 0..32 and allowed
 to exceed the width; ``weight_bits`` 1..16.
 """
@@ -68,7 +81,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from machop.config import ConfigError, check_range, from_dict, join
+from machop.config import ConfigError, check_range, convert, from_dict, join
 from machop.nn import FLOAT_FORMATS, KIND_NAMES, MAX_FRAC_WIDTH, MAX_WIDTH, LayerKind
 
 from machop.nn.kmeans import Init
@@ -76,6 +89,9 @@ from machop.nn.kmeans import Init
 BY = ("type", "name", "regex_name")
 ARITHMETICS = ("integer", "kmeans")
 MAX_KMEANS_BITS = 16
+AUTO = "auto"  # weight_bits chosen by the pass
+AUTO_BITS = tuple(range(1, 9))  # the widths weight_bits = "auto" chooses from
+SCALARS = ("side", "max_acc_drop", "samples")  # [passes.quantize] options that are not rules
 FloatFormat = Literal["float32", "float16", "bfloat16"]  # machop.nn.FLOAT_FORMATS (a test keeps them equal)
 
 
@@ -111,7 +127,7 @@ class KMeansConfig:
     """Weight sharing: ``2**weight_bits`` shared values per layer, found by 1-D k-means."""
 
     name: Literal["kmeans"]
-    weight_bits: int | None = None  # None: the layer kind's default (8 for convolutions, 5 for the rest)
+    weight_bits: int | Literal["auto"] | None = None  # None: the kind's default (8 conv, 5 others); "auto": chosen
     init: Init = "linear"
     max_iter: int = 300
     tol: float = 1e-4
@@ -119,11 +135,15 @@ class KMeansConfig:
     bias: FloatFormat = "float32"  # the bias's format (float32: left alone, or to ``side``)
 
     def validate(self, path: str) -> None:
-        check_range(self.weight_bits, join(path, "weight_bits"), 1, MAX_KMEANS_BITS)
+        if self.weight_bits != AUTO:
+            check_range(self.weight_bits, join(path, "weight_bits"), 1, MAX_KMEANS_BITS)
         check_range(self.max_iter, join(path, "max_iter"), 1, 100_000)
         check_range(self.tol, join(path, "tol"), 0.0, float("inf"))
 
     def bits_for(self, kind: LayerKind) -> int:
+        """The width this config gives a layer of ``kind`` (not for ``"auto"``: the pass chooses those)."""
+        if self.weight_bits == AUTO:
+            raise ValueError('weight_bits = "auto" is chosen by the quantize pass')
         return self.weight_bits if self.weight_bits is not None else kind.kmeans_bits
 
 
@@ -139,6 +159,8 @@ class QuantizeArgs:
     rules: dict[str, LayerConfig] = field(default_factory=dict)
     path: str = "passes.quantize"
     side: str = "float32"  # FloatFormat of every other float parameter (see the module docstring)
+    max_acc_drop: float = 0.002  # weight_bits = "auto": summed accuracy loss allowed
+    samples: int = 2000  # weight_bits = "auto": validation images measured
 
     def patterns(self) -> dict[str, re.Pattern]:
         return {key: re.compile(key) for key in self.rules} if self.by == "regex_name" else {}
@@ -176,13 +198,20 @@ def parse_quantize_args(pass_args: dict | None, path: str = "passes.quantize") -
     if by not in BY:
         raise ConfigError(join(path, "by"), f"must be one of {', '.join(repr(b) for b in BY)}, got {by!r}")
     args = QuantizeArgs(by=by, path=path)
-    if "side" in pass_args and not isinstance(pass_args["side"], dict):  # a table named "side" is a rule (by = "name")
+    # scalar options; a table under one of these names is a rule (by = "name")
+    if "side" in pass_args and not isinstance(pass_args["side"], dict):
         side = pass_args["side"]
         if side not in FLOAT_FORMATS:
             raise ConfigError(join(path, "side"), f"must be one of {', '.join(map(repr, FLOAT_FORMATS))}, got {side!r}")
         args.side = side
+    if "max_acc_drop" in pass_args and not isinstance(pass_args["max_acc_drop"], dict):
+        args.max_acc_drop = convert(float, pass_args["max_acc_drop"], join(path, "max_acc_drop"))
+        check_range(args.max_acc_drop, join(path, "max_acc_drop"), 0, 1)
+    if "samples" in pass_args and not isinstance(pass_args["samples"], dict):
+        args.samples = convert(int, pass_args["samples"], join(path, "samples"))
+        check_range(args.samples, join(path, "samples"), 1, 10_000_000)
     for key, entry in pass_args.items():
-        if key == "by" or (key == "side" and not isinstance(entry, dict)):
+        if key == "by" or (key in SCALARS and not isinstance(entry, dict)):
             continue
         key_path = join(path, key)
         if not isinstance(entry, dict):

@@ -23,6 +23,7 @@ graph, before anything changes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -43,9 +44,20 @@ from machop.nn import (
     register,
     tensor_sites,
 )
+from machop.passes.graph.analysis.allocation import choose_bits
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
+from machop.passes.graph.analysis.sensitivity import Sensitivity, measure_sensitivity
 
-from .config import KIND_NAMES, IntegerConfig, KMeansConfig, LayerConfig, QuantizeArgs, parse_quantize_args
+from .config import (
+    AUTO,
+    AUTO_BITS,
+    KIND_NAMES,
+    IntegerConfig,
+    KMeansConfig,
+    LayerConfig,
+    QuantizeArgs,
+    parse_quantize_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,19 +196,50 @@ def compact_side(graph: MaseGraph, dtype: str) -> list[str]:
     return done
 
 
+def choose_auto_bits(graph: MaseGraph, args: QuantizeArgs,
+                     plan: list[tuple[Weight, LayerConfig]]) -> tuple[dict[str, int], Sensitivity | None]:
+    """The width of every ``weight_bits = "auto"`` layer, from its measured sensitivity (see `config`)."""
+    auto = [(w, cfg) for w, cfg in plan if isinstance(cfg, KMeansConfig) and cfg.weight_bits == AUTO]
+    if not auto:
+        return {}, None
+    graph.context.require_data("quantize")
+    sens = measure_sensitivity(graph, [w for w, _ in auto], sparsities=(), bits=AUTO_BITS, samples=args.samples,
+                               progress=graph.context.progress_bar)
+    codebook_bits = {w.name: 32 if cfg.codebook == "float32" else 16 for w, cfg in auto}
+    chosen = choose_bits(sens, args.max_acc_drop, codebook_bits)
+    logger.info("weight_bits = auto (summed loss within %g): %s", args.max_acc_drop,
+                ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
+    return chosen, sens
+
+
+def written_out(args: QuantizeArgs, plan: list[tuple[Weight, LayerConfig]], bits: dict[str, int]) -> dict:
+    """The table that repeats this step exactly: every quantized weight by name with its width spelled out."""
+    table: dict = {"by": "name", "side": args.side, "default": {"config": {"name": "NA"}}}
+    for w, cfg in plan:
+        if cfg is None:
+            continue
+        config = dataclasses.asdict(cfg)
+        if isinstance(cfg, KMeansConfig):
+            config["weight_bits"] = bits[w.name] if cfg.weight_bits == AUTO else cfg.bits_for(w.kind)
+        table[w.name] = {"config": config}
+    return table
+
+
 def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Quantize the weights ``[passes.quantize]`` selects (see `config` for the table).
 
     Returns ``info = {"by", "layers": [row, ...], "skipped": [{name, reason}], "float_inputs": [{name, reason}],
     "total"}``, one row per quantized weight (see `summarize_quantization` for the columns; k-means rows add
     ``n_iter``, ``converged``, ``sse`` and ``relocation``), also written to its node's
-    ``graph.meta(node)["software"]["quantize"]``.
+    ``graph.meta(node)["software"]["quantize"]``. With ``weight_bits = "auto"`` it adds ``sensitivity``
+    (the measured curves), ``allocation`` (the chosen widths) and ``table`` (this step written out).
     """
     args = parse_quantize_args(pass_args, pass_path(graph.context.step, "passes.quantize"))
     plan = select_weights(graph, args)
     for w, cfg in plan:
         if cfg is not None:
             _check_not_quantized(graph, w)
+    auto_bits, sens = choose_auto_bits(graph, args, plan)
     generator = torch.Generator().manual_seed(int(graph.context.training.seed))
     nodes = {n.name: n for n in graph.nodes}
     rows, skipped, float_inputs = [], [], []
@@ -210,7 +253,8 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
             if why is not None:
                 float_inputs.append({"name": w.name, "reason": why})
         else:
-            extra = quantize_kmeans(w, cfg.bits_for(w.kind), cfg, generator, graph.model)
+            bits = auto_bits[w.name] if cfg.weight_bits == AUTO else cfg.bits_for(w.kind)
+            extra = quantize_kmeans(w, bits, cfg, generator, graph.model)
         row = quantization_row(graph, w)
         if w.node is not None:
             graph.meta(nodes[w.node])["software"]["quantize"] = row
@@ -225,4 +269,7 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
     info = {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs, "total": totals(rows)}
     if args.side != "float32":
         info["side"] = {"format": args.side, "tensors": side}
+    if sens is not None:
+        info |= {"sensitivity": sens.to_json(), "allocation": {"max_acc_drop": args.max_acc_drop, "bits": auto_bits},
+                 "table": written_out(args, plan, auto_bits)}
     return graph, info
