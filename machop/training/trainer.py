@@ -11,6 +11,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -113,19 +114,42 @@ class _ValidateAtMaxSteps(pl.Callback):
 
 
 class _BestInMemory(pl.Callback):
-    """Keep a CPU copy of the state dict with the best ``val_acc`` (no file written)."""
+    """Keep a CPU copy of the state dict with the best ``val_acc`` (no file written).
 
-    def __init__(self):
+    ``eligible`` (if given): a validation counts only when it returns true.
+    """
+
+    def __init__(self, eligible: Callable[[], bool] | None = None):
         self.best: float | None = None
         self.state: dict | None = None
+        self.eligible = eligible
 
     def on_validation_epoch_end(self, trainer, module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or (self.eligible is not None and not self.eligible()):
             return
         acc = trainer.callback_metrics.get("val_acc")
         if acc is not None and (self.best is None or float(acc) > self.best):
             self.best = float(acc)
             self.state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+
+
+class _GatedCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, saving only when ``eligible()`` is true (None: always)."""
+
+    def __init__(self, eligible: Callable[[], bool] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.eligible = eligible
+
+    def _open(self) -> bool:
+        return self.eligible is None or self.eligible()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self._open():
+            super().on_train_epoch_end(trainer, module)
+
+    def on_validation_end(self, trainer, module) -> None:
+        if self._open():
+            super().on_validation_end(trainer, module)
 
 
 def fit(
@@ -135,20 +159,29 @@ def fit(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     structure: str | None = None,
+    callbacks: list | None = None,
+    keep_best: Callable[[], bool] | None = None,
 ) -> dict:
     """Train ``model`` in place; restore the weights of the epoch with the best ``val_acc``.
 
     ``checkpoint_dir``: where Lightning writes ``best.ckpt`` (None: no file,
     the best weights are kept in memory); ``structure``: the JSON record of
-    the model's masks and codebooks written into that checkpoint. Returns
+    the model's masks and codebooks written into that checkpoint;
+    ``callbacks``: more Lightning callbacks (they run before the best-epoch
+    bookkeeping); ``keep_best``: if given, a validation counts for the best
+    epoch (kept in memory, written as ``best.ckpt``) only when it returns
+    true (gradual pruning: once the masks are final), so that no earlier,
+    different model wins; if none counts, the weights are those of the
+    last step and ``best_val_acc`` is None. Returns
     ``{"val_acc", "val_loss", "best_val_acc", "epochs", "world_size", "checkpoint"}``.
     """
     pl.seed_everything(s.seed, workers=True, verbose=False)
     module = MaseLightningModule(model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure)
-    callbacks: list = [best := _BestInMemory(), _ValidateAtMaxSteps()]
+    callbacks = [*(callbacks or []), best := _BestInMemory(keep_best), _ValidateAtMaxSteps()]
     ckpt = None
     if checkpoint_dir is not None:
-        ckpt = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1)
+        ckpt = _GatedCheckpoint(keep_best, dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
+                                save_top_k=1)
         callbacks.append(ckpt)
     trainer = build_trainer(s, callbacks, checkpointing=ckpt is not None, progress=progress)
     module.train()  # a model left in eval mode (e.g. by a notebook) would train its batch norms wrongly

@@ -194,6 +194,12 @@ class PruneTarget:
         for i, s in enumerate(self.sparsities):
             check_range(s, join(path, f"sparsities[{i}]"), 0, 1, hi_open=True)
 
+    def describe(self) -> str:
+        """``ratio 60 (value_bits 5)``: the target, for logs and reports."""
+        key = next(k for k in ("density", "size", "ratio", "max_acc_drop") if getattr(self, k) is not None)
+        extra = f" (value_bits {self.value_bits:g})" if key in ("size", "ratio") else ""
+        return f"{key} {getattr(self, key):g}{extra}"
+
 
 def _loss(points: list[tuple[float, float]], start: tuple[float, float], xs: np.ndarray, baseline: float) -> np.ndarray:
     """Accuracy lost at ``xs`` on the curve through ``start`` and the measured ``points`` beyond it."""

@@ -1,15 +1,21 @@
-"""Automatic choices from sensitivity curves inside the passes: ``weight_bits = "auto"`` (quantize)."""
+"""Automatic choices from sensitivity curves inside the passes: ``sparsity = "auto"`` (prune, one-shot and
+gradual) and ``weight_bits = "auto"`` (quantize); a run's ``config.toml`` repeats them exactly."""
 
 from __future__ import annotations
+
+import json
+import tomllib
 
 import pytest
 import torch
 
+from machop.cli import main
+
 from machop.config import ConfigError
 from machop.ir import MaseGraph, PassContext
-from machop.nn import weight_codes
+from machop.nn import get_mask, weight_codes
 from machop.passes.graph import PASSES
-from machop.passes.graph.analysis.allocation import choose_bits
+from machop.passes.graph.analysis.allocation import PruneTarget, choose_bits, choose_sparsities
 from machop.passes.graph.analysis.sensitivity import Sensitivity
 
 from zoo.models import SmallCNN
@@ -58,3 +64,78 @@ def test_auto_bits_need_data_and_valid_options(trained):
         PASSES["quantize"](MaseGraph(SmallCNN()), AUTO)
     with pytest.raises(ConfigError, match=r"passes.quantize.max_acc_drop: must be in \[0, 1\], got 1.5"):
         PASSES["quantize"](MaseGraph(SmallCNN()), AUTO | {"max_acc_drop": 1.5})
+
+
+def masks(graph: MaseGraph) -> dict[str, torch.Tensor]:
+    return {w.name: get_mask(w.module, w.tensor_name) for w in graph.weights()}
+
+
+def test_auto_sparsities_meet_the_density_at_the_allocated_sparsities(data, trained):
+    table = {"weight": {"sparsity": "auto", "auto": {"density": 0.2, "samples": 400}}}
+    graph, info = PASSES["prune"](graph_of(data, trained), table)
+    sens = Sensitivity.from_json(info["sensitivity"])
+    chosen = choose_sparsities(sens, PruneTarget(density=0.2), 0, 0)
+    assert info["allocation"]["sparsity"] == chosen and info["weight"]["sparsity"] == {"default": 0.0, **chosen}
+    sizes = {w.name: w.stored().numel() for w in graph.weights()}
+    kept = {name: sizes[name] if m is None else int(m.sum()) for name, m in masks(graph).items()}
+    assert kept == {name: sizes[name] - round(chosen[name] * sizes[name]) for name in sizes}
+    assert sum(kept.values()) <= 0.2 * sum(sizes.values())
+    assert "auto" not in info["table"]["weight"] and table["weight"]["sparsity"] == "auto"  # pass_args untouched
+    again, _ = PASSES["prune"](graph_of(data, trained), info["table"])
+    assert masks(graph).keys() == masks(again).keys()
+    assert all(a is b is None or torch.equal(a, b) for a, b in zip(masks(graph).values(), masks(again).values()))
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"sparsity": "auto"}, r"weight.sparsity: sparsity = \"auto\" and an auto table"),
+    ({"sparsity": 0.5, "auto": {"ratio": 50}}, r"weight.auto: sparsity = \"auto\" and an auto table"),
+    ({"sparsity": "auto", "auto": {"ratio": 50}, "scope": "global"}, r"weight.sparsity: .* needs scope = \"local\""),
+    ({"sparsity": "auto", "auto": {"ratio": 50, "density": 0.1}}, r"weight.auto: give exactly one"),
+    ({"sparsity": "auto", "auto": {"ratio": 0.5}}, r"weight.auto.ratio: must be in \[1, inf\]"),
+])
+def test_bad_auto_tables_name_the_key(table, message):
+    with pytest.raises(ConfigError, match=r"passes.prune." + message):
+        PASSES["prune"](MaseGraph(SmallCNN()), {"weight": table})
+    with pytest.raises(ConfigError, match=r"passes.prune.activation.sparsity: \"auto\" chooses weight sparsities"):
+        PASSES["prune"](MaseGraph(SmallCNN()), {"activation": {"sparsity": "auto"}})
+
+
+PIPELINE = """
+model = "lenet300"
+max_epochs = 1
+[passes.agp]
+pass = "prune"
+[passes.agp.weight]
+sparsity = "auto"
+auto = { ratio = 20, value_bits = 5, samples = 200 }
+[passes.agp.gradual]
+ramp_epochs = 1
+[passes.agp.gradual.training]
+max_epochs = 2
+[passes.quantize]
+by = "type"
+max_acc_drop = 0.01
+samples = 200
+linear = { config = { name = "kmeans", weight_bits = "auto", codebook = "float16", bias = "float16" } }
+[passes.huffman]
+"""
+
+
+def test_the_run_folder_config_repeats_the_automatic_choices_bit_for_bit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "auto.toml").write_text(PIPELINE)
+    slice_ = ["--train-limit", "600", "--test-limit", "100", "--no-progress"]
+    assert main(["transform", "--config", "auto.toml", "--project-dir", "a", *slice_]) == 0, capsys.readouterr().err
+    first = next((tmp_path / "a" / "default").glob("transform_*"))
+    config = tomllib.loads((first / "config.toml").read_text())
+    report = json.loads((first / "report.json").read_text())
+    agp, quantize = report["steps"][0]["info"], report["steps"][1]["info"]
+    assert config["passes"]["agp"]["pass"] == "prune" and "auto" not in config["passes"]["agp"]["weight"]
+    assert config["passes"]["agp"]["weight"]["sparsity"] == {"default": 0.0, **agp["allocation"]["sparsity"]}
+    assert config["passes"]["quantize"]["by"] == "name"
+    assert {k: v["config"]["weight_bits"] for k, v in config["passes"]["quantize"].items()
+            if isinstance(v, dict) and k != "default"} == quantize["allocation"]["bits"]
+    assert (first / "sensitivity.png").is_file()
+    assert main(["transform", "--config", str(first / "config.toml"), "--project-dir", "b", *slice_]) == 0
+    second = next((tmp_path / "b" / "default").glob("transform_*"))
+    assert (second / "model.mchz").read_bytes() == (first / "model.mchz").read_bytes()

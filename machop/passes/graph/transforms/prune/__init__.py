@@ -5,14 +5,16 @@ from machop.passes.graph.transforms.prune import prune_transform_pass
 graph, info = prune_transform_pass(graph, {"weight": {"sparsity": 0.9, "method": "l1-norm"}})
 ```
 
-See `prune` (the pass), `args` (the config), `weight_methods` and
+See `prune` (the pass), `args` (the config), `gradual` (pruning while
+training, AGP: a ``gradual`` table), `weight_methods` and
 `activation_methods` (what each method does). The mask itself
 (`WeightMask`) and the inserted module (`ActivationPrune`) live in
 `machop.nn`.
 """
 
 from .activation_methods import ACTIVATION_METHODS
-from .args import METHODS, ActivationPruneArgs, PruneArgs, WeightPruneArgs, parse_prune_args
+from .args import METHODS, ActivationPruneArgs, GradualArgs, PruneArgs, WeightPruneArgs, parse_prune_args
+from .gradual import agp_sparsity, update_steps
 from .prune import check_prune_args, prune_remove_pass, prune_transform_pass
 from .weight_methods import WEIGHT_METHODS
 
@@ -24,6 +26,9 @@ __all__ = [
     "PruneArgs",
     "WeightPruneArgs",
     "ActivationPruneArgs",
+    "GradualArgs",
+    "agp_sparsity",
+    "update_steps",
     "METHODS",
     "WEIGHT_METHODS",
     "ACTIVATION_METHODS",

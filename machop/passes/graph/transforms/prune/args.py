@@ -5,7 +5,8 @@
 remove = false                 # true: bake masks into plain weights after pruning
 
 [passes.prune.weight]          # optional
-sparsity = 0.5                 # [0, 1), or a table {default = 0.5, conv1 = 0.2} keyed by node name (local scope)
+sparsity = 0.5                 # [0, 1), or a table {default = 0.5, conv1 = 0.2} keyed by node name (local scope),
+                               # or "auto": chosen per layer from sensitivity curves to meet [... .weight.auto] (see `auto`)
 scope = "local"                # local | global
 granularity = "elementwise"    # elementwise | kernelwise | channelwise
 method = "l1-norm"             # see METHODS; defaults to the first listed for the scope/granularity
@@ -16,6 +17,38 @@ seed = 0                       # random methods; default: graph.context.training
 [passes.prune.activation]      # optional; same keys, plus
 calibration_samples = 256      # data-driven methods only
 ```
+
+Gradual pruning (AGP, Zhu & Gupta 2017, "To prune or not to prune"): a
+``gradual`` sub-table turns the step into "prune while training". The
+weight table's ``sparsity`` is then the *final* one; each pruned weight's
+sparsity rises from ``initial_sparsity`` (capped at its final value) on the
+cubic schedule ``s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / ramp)**3``
+(`machop.passes.graph.transforms.prune.gradual.agp_sparsity`), the masks
+updated every ``frequency`` optimizer steps, the last update at ``t_0 +
+ramp`` reaching exactly the final sparsity; training then goes on at it.
+
+```toml
+[passes.agp]
+pass = "prune"
+remove = false                 # true: bake the masks in after training
+[passes.agp.weight]            # as above; sparsity is the FINAL sparsity
+sparsity = { default = 0.95, fc3 = 0.6 }
+[passes.agp.gradual]
+initial_sparsity = 0.0         # s_i, in [0, 1): every pruned weight's target at the first update (capped at its final)
+ramp_epochs = 6                # epochs over which the sparsity rises; or ramp_steps = N optimizer steps (exactly one)
+start_epoch = 0                # t_0: the epoch the first update happens at (dense training before it)
+frequency = 50                 # optimizer steps between mask updates; default: the ramp in 30 updates, ceil(ramp / 30)
+test = true                    # evaluate on the test split afterwards (test_acc, test_loss in info)
+[passes.agp.gradual.training]  # as a train step's [training]: max_epochs is the total (>= start_epoch + ramp_epochs)
+max_epochs = 10
+learning_rate = 1e-3
+[passes.agp.gradual.trainer]   # as a train step's [trainer] (optional)
+```
+
+Only epochs validated after the last mask update (the model at its final
+sparsity) count for the best ``val_acc``: they alone are kept in memory and
+written as ``checkpoints/<step>/best.ckpt``. Activation pruning cannot be
+gradual (a separate step prunes activations).
 
 Everything that can be checked without the graph is checked here; names
 (in ``exclude`` and per-layer sparsity), kinds in ``types`` that the model
@@ -29,12 +62,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from machop.config import ConfigError, check_range, from_dict, join
+from machop.config import ConfigError, TrainSettings, check_range, from_dict, join
 
 from machop.nn import KIND_NAMES
+from machop.passes.graph.analysis.allocation import PruneTarget
 
 from .activation_methods import ACTIVATION_METHODS
 from .weight_methods import WEIGHT_METHODS
+
+AUTO = "auto"  # sparsity chosen per layer (see `auto`)
 
 METHODS: dict[str, dict[tuple[str, str], dict]] = {"weight": WEIGHT_METHODS, "activation": ACTIVATION_METHODS}
 """kind ("weight" | "activation") → (scope, granularity) → method name → scorer / method."""
@@ -51,17 +87,25 @@ class WeightPruneArgs:
 
     KIND: ClassVar[str] = "weight"
 
-    sparsity: float | dict[str, float]
+    sparsity: float | dict[str, float] | Literal["auto"]
     scope: Literal["local", "global"] = "local"
     granularity: Literal["elementwise", "kernelwise", "channelwise"] = "elementwise"
     method: str | None = None
     types: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     seed: int | None = None
+    auto: PruneTarget | None = None  # sparsity = "auto": what the per-layer sparsities must meet
 
     def validate(self, path: str) -> None:
         key = join(path, "sparsity")
-        if isinstance(self.sparsity, dict):
+        if (self.sparsity == AUTO) != (self.auto is not None):
+            raise ConfigError(join(path, "auto") if self.auto is not None else key,
+                              'sparsity = "auto" and an auto table (the target it meets) go together')
+        if self.sparsity == AUTO:
+            if (self.scope, self.granularity) != ("local", "elementwise"):
+                raise ConfigError(key, '"auto" chooses per-layer sparsities from elementwise magnitude curves: it needs '
+                                       f'scope = "local" and granularity = "elementwise", got {self.scope} {self.granularity}')
+        elif isinstance(self.sparsity, dict):
             if self.scope != "local":
                 raise ConfigError(key, f"a per-layer table needs scope = 'local'; {self.scope} pruning takes one number")
             if "default" not in self.sparsity:
@@ -108,17 +152,74 @@ class ActivationPruneArgs(WeightPruneArgs):
     calibration_samples: int = 256
 
     def validate(self, path: str) -> None:
+        if self.sparsity == AUTO or self.auto is not None:
+            raise ConfigError(join(path, "sparsity" if self.sparsity == AUTO else "auto"),
+                              '"auto" chooses weight sparsities; give activations a number or a per-layer table')
         super().validate(path)
         if self.calibration_samples < 1:
             raise ConfigError(join(path, "calibration_samples"), f"must be >= 1, got {self.calibration_samples}")
 
 
+DEFAULT_UPDATES = 30  # mask updates over the ramp when ``frequency`` is not given
+
+
+@dataclass
+class GradualArgs:
+    """``[passes.prune.gradual]``: prune while training (AGP). ``training`` and ``trainer`` override the
+    run's `TrainSettings` as a train step's tables do (`TrainSettings.TRAINING_KEYS`, `TRAINER_KEYS`)."""
+
+    initial_sparsity: float = 0.0
+    ramp_epochs: int | None = None
+    ramp_steps: int | None = None
+    start_epoch: int = 0
+    frequency: int | None = None  # optimizer steps between mask updates; None: ceil(ramp / DEFAULT_UPDATES)
+    test: bool = True
+    training: dict[str, Any] | None = None
+    trainer: dict[str, Any] | None = None
+
+    def validate(self, path: str) -> None:
+        check_range(self.initial_sparsity, join(path, "initial_sparsity"), 0, 1, hi_open=True)
+        if (self.ramp_epochs is None) == (self.ramp_steps is None):
+            both = "both are given" if self.ramp_epochs is not None else "neither is given"
+            raise ConfigError(join(path, "ramp_epochs"), f"give exactly one of ramp_epochs (epochs) and ramp_steps "
+                                                         f"(optimizer steps) over which the sparsity rises; {both}")
+        check_range(self.ramp_epochs, join(path, "ramp_epochs"), 1, 10_000)
+        check_range(self.ramp_steps, join(path, "ramp_steps"), 1, 1 << 40)
+        check_range(self.start_epoch, join(path, "start_epoch"), 0, 10_000)
+        check_range(self.frequency, join(path, "frequency"), 1, 1 << 40)
+        own = self.settings(TrainSettings(), path)  # checks both tables now
+        if any("max_epochs" in (t or {}) for t in (self.training, self.trainer)):
+            self.check_fits(own, path)
+
+    def settings(self, base: TrainSettings, path: str = "passes.prune.gradual") -> TrainSettings:
+        """``base`` with the ``trainer`` table, then the ``training`` table, applied."""
+        s = base.override(self.trainer, TrainSettings.TRAINER_KEYS, join(path, "trainer"))
+        return s.override(self.training, TrainSettings.TRAINING_KEYS, join(path, "training"))
+
+    def check_fits(self, s: TrainSettings, path: str) -> None:
+        """ConfigError unless the ramp ends within ``s.max_epochs`` (and ``s.max_steps``, where that can be told
+        without the data): the model must reach its final sparsity while it trains."""
+        if self.ramp_epochs is not None and self.start_epoch + self.ramp_epochs > s.max_epochs:
+            raise ConfigError(join(path, "ramp_epochs"),
+                              f"start_epoch + ramp_epochs = {self.start_epoch + self.ramp_epochs} is more than "
+                              f"max_epochs = {s.max_epochs}: the sparsity must reach its final value while training "
+                              "(max_epochs counts every epoch, the ramp's and those after it)")
+        if self.ramp_steps is not None and self.start_epoch >= s.max_epochs:
+            raise ConfigError(join(path, "start_epoch"), f"must be less than max_epochs = {s.max_epochs}, "
+                                                         f"got {self.start_epoch}")
+        if self.ramp_steps is not None and s.max_steps != -1 and self.ramp_steps > s.max_steps:
+            raise ConfigError(join(path, "ramp_steps"), f"{self.ramp_steps} is more than max_steps = {s.max_steps}: "
+                                                        "the sparsity must reach its final value while training")
+
+
 @dataclass
 class PruneArgs:
-    """``[passes.prune]``: either sub-table may be absent; ``remove`` bakes masks afterwards."""
+    """``[passes.prune]``: either sub-table may be absent; ``remove`` bakes masks afterwards;
+    ``gradual`` prunes the weights while training (`GradualArgs`)."""
 
     weight: Any = None  # a table, parsed into WeightPruneArgs by validate (keeps its own error messages)
     activation: Any = None
+    gradual: Any = None
     remove: bool = False
 
     def validate(self, path: str) -> None:
@@ -126,6 +227,14 @@ class PruneArgs:
             self.weight = from_dict(WeightPruneArgs, self.weight, join(path, "weight"))
         if self.activation is not None:
             self.activation = from_dict(ActivationPruneArgs, self.activation, join(path, "activation"))
+        if self.gradual is not None:
+            self.gradual = from_dict(GradualArgs, self.gradual, join(path, "gradual"))
+            if self.activation is not None:
+                raise ConfigError(join(path, "activation"), "gradual pruning prunes weights only; prune activations "
+                                                            "in a prune step of their own (without a gradual table)")
+            if self.weight is None:
+                raise ConfigError(join(path, "gradual"), f"needs a [{join(path, 'weight')}] table: its sparsity is "
+                                                         "the final one the gradual schedule reaches")
 
 
 def parse_prune_args(pass_args: dict | None, path: str = "passes.prune") -> PruneArgs:

@@ -35,6 +35,10 @@ select ``types``.
 All scores of one pass are computed from the weights as they were when the
 pass started, then the masks are applied, so the result does not depend on
 layer order (``*-norm-multi`` reads the next layers' weights).
+
+Gradual pruning (a ``gradual`` table, see `gradual`) trains the model and
+runs the same weight pruning (`_prune_weights`) at each update of its
+schedule, to each weight's sparsity of that moment.
 """
 
 from __future__ import annotations
@@ -67,10 +71,12 @@ from machop.nn import (
     quantizer_of,
 )
 from machop.passes.graph.analysis.pruning import add_pruning_metadata
-from machop.training import calibration_batch
+from machop.training import calibration_batch, check_accelerator
 
 from .activation_methods import ACTIVATION_METHODS, MagnitudeSample, allocate_global
-from .args import ActivationPruneArgs, PruneArgs, WeightPruneArgs, parse_prune_args
+from .args import AUTO, ActivationPruneArgs, PruneArgs, WeightPruneArgs, parse_prune_args
+from .auto import resolve_auto
+from .gradual import prune_while_training
 from .weight_methods import NEEDS_DOWNSTREAM, WEIGHT_METHODS, WeightLayer, downstream_weights, expand_keep, group_view
 
 logger = logging.getLogger(__name__)
@@ -195,6 +201,16 @@ def check_prune_args(graph: MaseGraph, args: PruneArgs, path: str, earlier: list
         select(weight_targets(graph), args.weight, join(path, "weight"))
     if args.activation is not None:
         select(activation_targets(graph), args.activation, join(path, "activation"))
+    if args.gradual is not None:
+        _check_gradual(graph, args, path)
+
+
+def _check_gradual(graph: MaseGraph, args: PruneArgs, path: str) -> None:
+    """The ramp fits the training's epochs and this machine can run its trainer."""
+    gpath = join(path, "gradual")
+    s = args.gradual.settings(graph.context.training, gpath)
+    args.gradual.check_fits(s, gpath)
+    check_accelerator(s, join(gpath, "trainer"))
 
 
 # --------------------------------------------------------------------------- weights
@@ -378,6 +394,15 @@ def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     reason) and, per weight, what `add_pruning_metadata` writes into node
     metadata (kind, method, target and achieved sparsity, non-zero
     parameters, dense and effective MACs) with totals over every parameter.
+
+    With a ``gradual`` table the weights are pruned while the model trains
+    (AGP, see `gradual`); ``info`` then also has the training figures
+    (``val_acc``, ``val_loss``, ``best_val_acc``, ``epochs``, ``checkpoint``,
+    and ``test_acc``, ``test_loss`` unless ``test = false``) and
+    ``gradual``: the schedule in optimizer steps and its updates.
+
+    With ``sparsity = "auto"`` the per-layer sparsities are chosen first
+    (see `auto`); ``info`` adds ``sensitivity``, ``allocation`` and ``table``.
     """
     path = pass_path(graph.context.step, "passes.prune")
     args: PruneArgs = parse_prune_args(pass_args, path)
@@ -387,12 +412,25 @@ def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     )
     if args.activation is not None and _activation_needs_data(args.activation):
         graph.context.require_data("prune")  # fail before changing anything
+    if args.gradual is not None:
+        graph.context.require_data("prune")
+        _check_gradual(graph, args, path)
     shared = [t.name for t in weights if isinstance(quantizer_of(t.weight.module, t.weight.tensor_name), KMeansWeight)]
     if shared:  # its mask lives in the codebook parametrization: a new WeightMask would not reach it
         raise ValueError(f"cannot prune weights of k-means quantized layer(s) {', '.join(shared)}: prune before quantize")
 
     info: dict = {"weight": None, "activation": None, "removed": False}
-    if args.weight is not None:
+    chosen: dict = {}
+    if args.weight is not None and args.weight.sparsity == AUTO:
+        graph.context.require_data("prune")
+        chosen = resolve_auto(graph, args.weight, weights, pass_args)
+    if args.gradual is not None:
+        seed = args.weight.seed if args.weight.seed is not None else graph.context.training.seed
+        summary, figures, schedule = prune_while_training(graph, args.weight, args.gradual, weights, seed, path,
+                                                          _prune_weights)
+        info["weight"] = {**summary, "dense": weights_left}
+        info |= {**figures, "gradual": schedule}
+    elif args.weight is not None:
         seed = args.weight.seed if args.weight.seed is not None else graph.context.training.seed
         info["weight"] = {**_prune_weights(graph, args.weight, weights, seed), "dense": weights_left}
     if args.activation is not None:
@@ -402,6 +440,7 @@ def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
         _, info["removed"] = prune_remove_pass(graph)
     _, report = add_pruning_metadata(graph)
     info.update(report)
+    info.update(chosen)
     for kind in ("weight", "activation"):
         if info[kind] is not None:
             s = info[kind]
