@@ -56,6 +56,13 @@ def test_config_passes_the_checks_against_its_model(path, tmp_path, monkeypatch)
     check_plan(MaseGraph(get_model(config.model, get_dataset_info(config.dataset))), steps)
 
 
-def test_iterative_pruning_is_shown():
-    config = load_config(next(p for p in CONFIGS if p.name == "lenet5_fashion_mnist_deep_compression.toml"))
-    assert [step.name for step in plan(config)].count("prune") >= 2
+@pytest.mark.parametrize("name", ["lenet300", "lenet5", "resnet18_colored"])
+def test_the_deep_compression_configs_choose_sparsities_and_widths_themselves(name):
+    """No hand-tuned per-layer numbers: sparsities and k-means widths come from the sensitivity curves."""
+    config = load_config(next(p for p in CONFIGS if p.name.startswith(f"{name}_") and "deep_compression" in p.name))
+    steps = plan(config)
+    prunes = [s for s in steps if s.name == "prune"]
+    assert prunes and all(s.args.weight.sparsity == "auto" and s.args.gradual is not None for s in prunes)
+    (quantize,) = [s for s in steps if s.name == "quantize"]
+    kmeans = [c for c in [quantize.args.default, *quantize.args.rules.values()] if c is not None]
+    assert kmeans and all(c.weight_bits == "auto" and c.codebook == "float16" for c in kmeans)

@@ -1,7 +1,7 @@
 """Training shared by `ch train`, `ch test` and the train/test passes, and your own data for them."""
 
-from .data import DataLoaders, calibration_batch, labelled_batch
+from .data import DataLoaders, batch_size_set, calibration_batch, labelled_batch
 from .module import MaseLightningModule
 from .trainer import check_accelerator, evaluate, fit
 
-__all__ = ["DataLoaders", "MaseLightningModule", "calibration_batch", "check_accelerator", "evaluate", "fit", "labelled_batch"]
+__all__ = ["DataLoaders", "MaseLightningModule", "batch_size_set", "calibration_batch", "check_accelerator", "evaluate", "fit", "labelled_batch"]

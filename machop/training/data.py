@@ -3,9 +3,14 @@ and labelled samples for quick evaluations (`labelled_batch`)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+
+from machop.config import ConfigError
 
 
 class DataLoaders(pl.LightningDataModule):
@@ -97,3 +102,23 @@ def labelled_batch(data_module: pl.LightningDataModule, samples: int, split: str
     if not xs:
         raise ValueError(f"the {split} loader is empty")
     return torch.cat(xs), torch.cat(ys)
+
+
+@contextmanager
+def batch_size_set(data_module: pl.LightningDataModule, batch_size: int | None, path: str) -> Iterator[None]:
+    """The data module batching ``batch_size`` (None: as it is) for the duration; restored afterwards.
+
+    ConfigError naming ``path`` (the TOML key that asked) for a module without a ``batch_size`` to set.
+    """
+    before = getattr(data_module, "batch_size", None)
+    if batch_size is None or batch_size == before:
+        yield
+        return
+    if before is None:
+        raise ConfigError(path, f"the data module ({type(data_module).__name__}) has no batch_size to set; "
+                                "batch your DataLoaders")
+    data_module.batch_size = batch_size
+    try:
+        yield
+    finally:
+        data_module.batch_size = before

@@ -38,9 +38,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from machop.config import NoOptions, from_dict, pass_path
+from machop.config import ConfigError, NoOptions, from_dict, join, pass_path
 from machop.ir.graph import MaseGraph
 from machop.nn import (
+    KIND_NAMES,
     ActivationPrune,
     Weight,
     WeightMask,
@@ -52,6 +53,21 @@ from machop.nn import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def selected_kinds(types: list[str] | None, present: set[str], path: str) -> set[str] | None:
+    """The layer kinds a table's ``types`` selects (None: all); ConfigError naming a kind the model lacks.
+
+    ``present``: the kinds of the model's layers. Shared by every table that
+    selects layers (prune, sensitivity).
+    """
+    if types is None:
+        return None
+    missing = [t for t in types if KIND_NAMES[t].name not in present]
+    if missing:
+        raise ConfigError(join(path, "types"), f"no {', '.join(missing)} layer in this model; "
+                                               f"it has: {', '.join(sorted(present)) or 'none'}")
+    return {KIND_NAMES[t].name for t in types}
 
 
 def _sample_input(graph: MaseGraph) -> tuple[torch.Tensor, ...] | None:

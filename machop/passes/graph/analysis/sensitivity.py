@@ -77,6 +77,8 @@ from machop.nn import (
 )
 from machop.training import labelled_batch
 
+from .pruning import selected_kinds
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
@@ -369,14 +371,7 @@ def select_weights(graph: MaseGraph, args: SensitivityArgs, path: str) -> tuple[
     if unknown:
         valid = ", ".join(w.name for w in weights) or "(none: the model has no layers machop compresses)"
         raise ConfigError(join(path, "exclude"), f"unknown name(s) {', '.join(map(repr, unknown))}; valid names: {valid}")
-    kinds = None
-    if args.types is not None:
-        kinds = {KIND_NAMES[t].name for t in args.types}
-        present = {w.kind.name for w in weights}
-        missing = [t for t in args.types if KIND_NAMES[t].name not in present]
-        if missing:
-            raise ConfigError(join(path, "types"), f"no {', '.join(missing)} layer in this model; "
-                                                   f"it has: {', '.join(sorted(present)) or 'none'}")
+    kinds = selected_kinds(args.types, {w.kind.name for w in weights}, path)
     chosen, left = [], []
     for w, names in named:
         if kinds is not None and w.kind.name not in kinds:

@@ -54,7 +54,7 @@ from machop.config import ConfigError, join
 from machop.ir.graph import MaseGraph
 from machop.ir.serialize import describe_structure
 from machop.nn import apply_mask, get_mask
-from machop.training import evaluate, fit
+from machop.training import batch_size_set, evaluate, fit
 
 from .args import DEFAULT_UPDATES, GradualArgs, WeightPruneArgs
 
@@ -229,18 +229,10 @@ def prune_while_training(
     callback = GradualPruning(gradual, gpath, update)
     folder = ctx.step or "prune"
     checkpoint_dir = ctx.output_dir / "checkpoints" / folder if ctx.output_dir is not None else None
-    batch_size = getattr(data, "batch_size", None)
-    if s.batch_size != batch_size and gradual.training and "batch_size" in gradual.training:
-        if batch_size is None:
-            raise ConfigError(join(gpath, "training.batch_size"), f"the data module ({type(data).__name__}) has no "
-                                                                  "batch_size to set; batch your DataLoaders")
-        data.batch_size = s.batch_size
-    try:
+    asked = s.batch_size if gradual.training and "batch_size" in gradual.training else None
+    with batch_size_set(data, asked, join(gpath, "training.batch_size")):
         figures = fit(graph.model, data, s, checkpoint_dir, ctx.progress_bar, json.dumps(describe_structure(graph)),
                       callbacks=[callback], keep_best=lambda: callback.final)
-    finally:
-        if batch_size is not None:
-            data.batch_size = batch_size
     if not callback.final:  # training stopped before the ramp's end (the checks above make this rare)
         logger.warning("%s: training ended before the last mask update; pruning to the final sparsity now", gpath)
         if callback.steps:

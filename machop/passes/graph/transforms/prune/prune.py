@@ -53,7 +53,6 @@ from torch import nn
 from machop.config import ConfigError, NoOptions, from_dict, join, pass_path
 from machop.ir.graph import MaseGraph
 from machop.nn import (
-    KIND_NAMES,
     ActivationPrune,
     KMeansWeight,
     LayerKind,
@@ -70,7 +69,7 @@ from machop.nn import (
     prune_count,
     quantizer_of,
 )
-from machop.passes.graph.analysis.pruning import add_pruning_metadata
+from machop.passes.graph.analysis.pruning import add_pruning_metadata, selected_kinds
 from machop.training import calibration_batch, check_accelerator
 
 from .activation_methods import ACTIVATION_METHODS, MagnitudeSample, allocate_global
@@ -134,14 +133,7 @@ def select(targets: list[Target], args: WeightPruneArgs, path: str) -> tuple[lis
         if unknown:
             extra = " (and 'default')" if key == "sparsity" else ""
             raise ConfigError(join(path, key), f"unknown name(s) {', '.join(map(repr, unknown))}; valid names: {valid}{extra}")
-    kinds = None
-    if args.types is not None:
-        kinds = {KIND_NAMES[t].name for t in args.types}
-        present = {t.kind.name for t in targets}
-        missing = [t for t in args.types if KIND_NAMES[t].name not in present]
-        if missing:
-            raise ConfigError(join(path, "types"), f"no {', '.join(missing)} layer in this model; "
-                                                   f"it has: {', '.join(sorted(present)) or 'none'}")
+    kinds = selected_kinds(args.types, {t.kind.name for t in targets}, path)
     chosen, left = [], []
     for t in targets:
         if kinds is not None and t.kind.name not in kinds:

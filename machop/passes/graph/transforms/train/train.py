@@ -47,7 +47,7 @@ from machop.config import ConfigError, TrainSettings, check_name, from_dict, joi
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
 from machop.nn import has_compression
-from machop.training import check_accelerator, evaluate, fit
+from machop.training import batch_size_set, check_accelerator, evaluate, fit
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +125,9 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
         load_weights(graph, args.load_name, args.load_type)
     folder = args.project or ctx.step or "train"
     checkpoint_dir = ctx.output_dir / "checkpoints" / folder if ctx.output_dir is not None else None
-    batch_size = getattr(data, "batch_size", None)
-    if s.batch_size != batch_size and args.training and "batch_size" in args.training:
-        if batch_size is None:
-            raise ConfigError(join(path, "training.batch_size"),
-                              f"the data module ({type(data).__name__}) has no batch_size to set; batch your DataLoaders")
-        data.batch_size = s.batch_size
-    try:
+    asked = s.batch_size if args.training and "batch_size" in args.training else None
+    with batch_size_set(data, asked, join(path, "training.batch_size")):
         info = fit(graph.model, data, s, checkpoint_dir, ctx.progress_bar, json.dumps(describe_structure(graph)))
-    finally:
-        if batch_size is not None:
-            data.batch_size = batch_size
     if args.test:  # with the run's batch size, so that limit_test_batches covers the same images at every step
         info |= evaluate(graph.model, data, s, progress=ctx.progress_bar)
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
