@@ -30,6 +30,9 @@ CONFIGS = {
     "lenet5": "configs/examples/lenet5_fashion_mnist_deep_compression.toml",
 }
 PAPER = {"lenet300": "40x (MNIST, 1.6% error)", "lenet5": "39x (MNIST, 0.74% error)"}
+TARGET_RATIO, MAX_DROP = 60.0, 0.005  # at least 60x at accuracy parity (at most half a point below dense)
+DENSE_FLOOR = {"lenet300": 0.8918, "lenet5": 0.9154}  # the dense baselines of the hand-tuned configs
+PARTS = ("values", "positions", "codebooks", "raw", "header")
 
 
 def stages(report: dict) -> list[dict]:
@@ -58,8 +61,19 @@ def run(model: str, project_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     report_path = max(project_dir.rglob("report.json"), key=os.path.getmtime)
     report = json.loads(report_path.read_text())
+    huffman = next(s for s in report["steps"] if s["pass"] == "huffman")["info"]["total"]
     return {"config": CONFIGS[model], "seconds": round(seconds), "run_dir": str(report_path.parent),
-            "stages": stages(report)}
+            "stages": stages(report), "parts": huffman["parts"]}
+
+
+def verdict(model: str, res: dict) -> str:
+    """Whether the run shows what we aim at: the ratio, accuracy parity, a dense baseline no weaker than before."""
+    dense, final = res["stages"][0], res["stages"][-1]
+    checks = [(final["ratio"] >= TARGET_RATIO, f"{final['ratio']:.1f}x >= {TARGET_RATIO:g}x"),
+              (dense["test_acc"] - final["test_acc"] <= MAX_DROP,
+               f"{100 * (final['test_acc'] - dense['test_acc']):+.2f} points >= {-100 * MAX_DROP:g}"),
+              (dense["test_acc"] >= DENSE_FLOOR[model], f"dense {dense['test_acc']:.4f} >= {DENSE_FLOOR[model]}")]
+    return "; ".join(("ok: " if ok else "MISSED: ") + text for ok, text in checks)
 
 
 def markdown(results: dict) -> str:
@@ -78,7 +92,11 @@ def markdown(results: dict) -> str:
         lines += ["", f"Compressed {final['ratio']:.1f}x (file on disk vs dense fp32), test_acc "
                   f"{final['test_acc']:.4f} vs dense {dense['test_acc']:.4f} "
                   f"({100 * (final['test_acc'] - dense['test_acc']):+.2f} points). Deep Compression on MNIST: "
-                  f"{PAPER[model]}.", ""]
+                  f"{PAPER[model]}.", "", f"Check: {verdict(model, res)}.", "",
+                  "Where the bytes of the file are:", "", "| " + " | ".join(PARTS) + " | file |",
+                  "|" + "---|" * (len(PARTS) + 1),
+                  "| " + " | ".join(f"{res['parts'][p]:,}" for p in PARTS) + f" | {sum(res['parts'][p] for p in PARTS):,} |",
+                  ""]
     return "\n".join(lines)
 
 
