@@ -122,7 +122,7 @@ def sensitivity_tables(sensitivity: dict) -> list[str]:
 
 def write_figures(report: dict, out: Path, histogram: dict | None = None) -> list[Path]:
     """The run's PNG figures: per-layer sparsity, accuracy/size per step, weight histogram (if quantized),
-    sensitivity curves (of the last step whose info has a ``sensitivity`` measurement)."""
+    sensitivity curves (``sensitivity_<step>.png`` for each step whose info has a ``sensitivity`` measurement)."""
     from machop.figures import plot_layer_sparsity, plot_sensitivity, plot_steps, plot_weight_histogram
 
     final = report["steps"][-1]["weights"] if report["steps"] else report["initial"]
@@ -132,7 +132,7 @@ def write_figures(report: dict, out: Path, histogram: dict | None = None) -> lis
     ]
     if histogram is not None:
         figures.append(plot_weight_histogram(**histogram, path=out / "weight_histogram.png"))
-    measured = [s["info"]["sensitivity"] for s in report["steps"] if isinstance(s["info"].get("sensitivity"), dict)]
-    if measured:
-        figures.append(plot_sensitivity(measured[-1], out / "sensitivity.png"))
+    for step in report["steps"]:
+        if isinstance(step["info"].get("sensitivity"), dict):
+            figures.append(plot_sensitivity(step["info"]["sensitivity"], out / f"sensitivity_{step['label']}.png"))
     return figures

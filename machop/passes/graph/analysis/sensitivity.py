@@ -43,7 +43,7 @@ exclude = ["fc2"]                 # weights not measured: layer (node) names, mo
 
 The model is not changed. ``info = {"sensitivity": Sensitivity.to_json(),
 "skipped": [{name, reason}]}``; `ch transform` draws it as
-``sensitivity.png`` and tabulates it in ``report.md``. From Python,
+``sensitivity_<step>.png`` and tabulates it in ``report.md``. From Python,
 `measure_sensitivity` returns the `Sensitivity` itself (the prune and
 quantize passes call it to allocate per-layer sparsities and bits).
 """

@@ -135,7 +135,7 @@ def test_the_run_folder_config_repeats_the_automatic_choices_bit_for_bit(tmp_pat
     assert config["passes"]["quantize"]["by"] == "name"
     assert {k: v["config"]["weight_bits"] for k, v in config["passes"]["quantize"].items()
             if isinstance(v, dict) and k != "default"} == quantize["allocation"]["bits"]
-    assert (first / "sensitivity.png").is_file()
+    assert (first / "sensitivity_agp.png").is_file() and (first / "sensitivity_quantize.png").is_file()
     assert main(["transform", "--config", str(first / "config.toml"), "--project-dir", "b", *slice_]) == 0
     second = next((tmp_path / "b" / "default").glob("transform_*"))
     assert (second / "model.mchz").read_bytes() == (first / "model.mchz").read_bytes()

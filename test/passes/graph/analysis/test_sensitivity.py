@@ -371,10 +371,10 @@ def test_ch_transform_writes_the_figure_and_the_table(tmp_path, monkeypatch, cap
     assert s.layer("conv1").nonzero == 500 and s.layer("fc1").nonzero == 200_000  # the prune step's masks
     assert dict(s.layer("fc1").sparsity)[0.5] == s.baseline_acc  # 0.5 is fc1's current sparsity
     assert [b for b, _, _ in s.layer("fc2").bits] == [2] and s.samples == 100
-    assert (run / "sensitivity.png").stat().st_size > 10_000
+    assert (run / "sensitivity_sensitivity.png").stat().st_size > 10_000
     md = (run / "report.md").read_text()
     assert "| layer | weights | kept | 0.5 | 0.9 |" in md and "| fc1 | 400,000 | 200,000 |" in md
-    assert "![sensitivity](sensitivity.png)" in md
+    assert "![sensitivity_sensitivity](sensitivity_sensitivity.png)" in md
 
     (tmp_path / "bad.toml").write_text('model = "lenet5"\n[passes.sensitivity]\nexclude = ["fc9"]\n')
     assert main(["transform", "--config", "bad.toml", "--project-dir", "out2", "--no-progress"]) == 2

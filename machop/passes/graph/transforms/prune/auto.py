@@ -20,7 +20,7 @@ samples = 2000             # validation images per evaluation
 ```
 
 The step's info holds the curves (``sensitivity``, drawn as
-``sensitivity.png``), the choice (``allocation``) and the table written out
+``sensitivity_<step>.png``), the choice (``allocation``) and the table written out
 (``table``: ``sparsity`` as the chosen per-layer table, ``auto`` gone),
 which `ch transform` puts into the run's ``config.toml``.
 """
