@@ -63,12 +63,7 @@ def measured_acc(graph: MaseGraph) -> float:
     return PASSES["test"](graph, {})[1]["test_acc"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

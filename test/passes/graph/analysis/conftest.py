@@ -13,11 +13,8 @@ from zoo.models import SmallCNN
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_threaded(one_thread):
+    """Every module here runs on one thread (`one_thread`, the suite's conftest)."""
 
 
 @pytest.fixture(scope="module")

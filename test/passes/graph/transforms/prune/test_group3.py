@@ -135,18 +135,7 @@ def _ids(cases: list[tuple[str, str, str]]) -> list[str]:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this module runs (restored after).
-
-    The models and batches are tiny: a second thread gains little, and on a
-    shared 2-core machine every small op then waits for the other thread to
-    be scheduled (this file took 190 s instead of 26 s under load).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
