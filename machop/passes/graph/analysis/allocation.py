@@ -91,12 +91,14 @@ def _knapsack(layers: list[Options], objective: str, constraint: str, limit: flo
     share rounded up: every answer meets the limit exactly; it may give away
     at most one step per layer. None when nothing fits.
     """
+    if limit < 0:
+        return None
     unit = max(limit, 1e-12) / BUCKETS
     best = np.zeros(BUCKETS + 1)  # least objective with at most b steps of the constraint spent
     choice = np.zeros((len(layers), BUCKETS + 1), dtype=np.int64)
     for j, o in enumerate(layers):
         spent = np.asarray(getattr(o, constraint), dtype=np.float64)
-        steps = np.ceil(spent / unit - 1e-9).astype(np.int64)
+        steps = np.ceil(np.minimum(spent / unit - 1e-9, BUCKETS + 1)).astype(np.int64)  # beyond the limit: > BUCKETS
         # equal objectives: the option spending less of the constraint wins
         values = np.asarray(getattr(o, objective), dtype=np.float64) + 1e-9 * spent / max(spent.max(), 1e-30)
         new = np.full(BUCKETS + 1, np.inf)

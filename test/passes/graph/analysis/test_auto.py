@@ -16,7 +16,8 @@ from machop.ir import MaseGraph, PassContext
 from machop.nn import get_mask, weight_codes
 from machop.passes.graph import PASSES
 from machop.passes.graph.analysis.allocation import PruneTarget, choose_bits, choose_sparsities
-from machop.passes.graph.analysis.sensitivity import Sensitivity
+from machop.passes.graph.analysis.sensitivity import LayerSensitivity, Sensitivity
+from machop.passes.graph.transforms.quantize import quantize
 
 from zoo.models import SmallCNN
 
@@ -139,3 +140,22 @@ def test_the_run_folder_config_repeats_the_automatic_choices_bit_for_bit(tmp_pat
     assert main(["transform", "--config", str(first / "config.toml"), "--project-dir", "b", *slice_]) == 0
     second = next((tmp_path / "b" / "default").glob("transform_*"))
     assert (second / "model.mchz").read_bytes() == (first / "model.mchz").read_bytes()
+
+
+def test_a_ratio_no_sparsity_meets_is_refused_naming_the_key(data, trained):
+    """A ratio beyond what the largest measured sparsity gives: one ConfigError, the model unchanged."""
+    graph = graph_of(data, trained)
+    before = {k: v.clone() for k, v in graph.model.state_dict().items()}
+    table = {"weight": {"sparsity": "auto", "auto": {"ratio": 1000, "sparsities": [0.5], "samples": 200}}}
+    with pytest.raises(ConfigError, match=r"passes.prune.weight.auto: ratio 1000 .* cannot be met .* over the budget"):
+        PASSES["prune"](graph, table)
+    assert graph.model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in graph.model.state_dict().items())
+
+
+def test_a_loss_no_width_stays_within_is_refused_naming_the_key(data, trained, monkeypatch):
+    lossy = Sensitivity(0.9, 400, "val", [LayerSensitivity(name, 10, 10, [], [(b, 0.8, 1.0) for b in range(1, 9)])
+                                          for name in ("fc1", "fc2")])
+    monkeypatch.setattr(quantize, "measure_sensitivity", lambda *a, **k: lossy)
+    with pytest.raises(ConfigError, match=r"passes.quantize.max_acc_drop: no k-means widths .* over the limit"):
+        PASSES["quantize"](graph_of(data, trained), AUTO)

@@ -30,8 +30,9 @@ from __future__ import annotations
 import copy
 import logging
 
+from machop.config import ConfigError
 from machop.ir.graph import MaseGraph
-from machop.passes.graph.analysis.allocation import choose_sparsities
+from machop.passes.graph.analysis.allocation import InfeasibleBudget, choose_sparsities
 from machop.passes.graph.analysis.sensitivity import measure_sensitivity
 from machop.passes.graph.analysis.stats import weight_stats
 
@@ -40,14 +41,20 @@ from .args import WeightPruneArgs
 logger = logging.getLogger(__name__)
 
 
-def resolve_auto(graph: MaseGraph, args: WeightPruneArgs, targets: list, pass_args: dict) -> dict:
-    """Choose each target's sparsity (set on the targets and as ``args.sparsity``); returns the info to add."""
+def resolve_auto(graph: MaseGraph, args: WeightPruneArgs, targets: list, pass_args: dict, path: str) -> dict:
+    """Choose each target's sparsity (set on the targets and as ``args.sparsity``); returns the info to add.
+
+    ConfigError naming ``path`` (the auto table) when no choice meets the target.
+    """
     sens = measure_sensitivity(graph, [t.weight for t in targets], sparsities=args.auto.sparsities, bits=(),
                                samples=args.auto.samples, progress=graph.context.progress_bar)
     measured = {layer.name for layer in sens.layers}
     stats = weight_stats(graph)
     weights = sum(t.weight.stored().numel() for t in targets if t.name in measured)
-    chosen = choose_sparsities(sens, args.auto, stats["dense_bytes"], 4 * (stats["params"] - weights))
+    try:
+        chosen = choose_sparsities(sens, args.auto, stats["dense_bytes"], 4 * (stats["params"] - weights))
+    except InfeasibleBudget as e:
+        raise ConfigError(path, f"{args.auto.describe()} cannot be met by the measured sparsities: {e}") from None
     for t in targets:
         t.sparsity = chosen.get(t.name, 0.0)
     args.sparsity = {"default": 0.0, **chosen}

@@ -415,7 +415,7 @@ def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     chosen: dict = {}
     if args.weight is not None and args.weight.sparsity == AUTO:
         graph.context.require_data("prune")
-        chosen = resolve_auto(graph, args.weight, weights, pass_args)
+        chosen = resolve_auto(graph, args.weight, weights, pass_args, join(path, "weight.auto"))
     if args.gradual is not None:
         seed = args.weight.seed if args.weight.seed is not None else graph.context.training.seed
         summary, figures, schedule = prune_while_training(graph, args.weight, args.gradual, weights, seed, path,

@@ -44,7 +44,7 @@ from machop.nn import (
     register,
     tensor_sites,
 )
-from machop.passes.graph.analysis.allocation import choose_bits
+from machop.passes.graph.analysis.allocation import InfeasibleBudget, choose_bits
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 from machop.passes.graph.analysis.sensitivity import Sensitivity, measure_sensitivity
 
@@ -206,7 +206,10 @@ def choose_auto_bits(graph: MaseGraph, args: QuantizeArgs,
     sens = measure_sensitivity(graph, [w for w, _ in auto], sparsities=(), bits=AUTO_BITS, samples=args.samples,
                                progress=graph.context.progress_bar)
     codebook_bits = {w.name: 32 if cfg.codebook == "float32" else 16 for w, cfg in auto}
-    chosen = choose_bits(sens, args.max_acc_drop, codebook_bits)
+    try:
+        chosen = choose_bits(sens, args.max_acc_drop, codebook_bits)
+    except InfeasibleBudget as e:
+        raise ConfigError(join(args.path, "max_acc_drop"), f"no k-means widths (1-8) stay within it: {e}") from None
     logger.info("weight_bits = auto (summed loss within %g): %s", args.max_acc_drop,
                 ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
     return chosen, sens
