@@ -6,15 +6,22 @@ For each model (VGG7, ResNet-18 from machop's registry) and channel sparsity:
 1. **machop**: ``prune_transform_pass`` with ``granularity = "channelwise"``,
    ``method = "l1-norm-single"``, ``scope = "local"`` (every Conv2d / Linear
    but the output layer loses ``round(s * n)`` of its ``n`` output channels,
-   scored by the L1 norm of each filter alone), then ``shrink``. The shrunk
-   model is checked against the masked one (same outputs, eval mode).
+   scored by the L1 norm of each filter; channels coupled across layers - a
+   ResNet's residual streams - scored by the mean of their writers' filter
+   norms and pruned together, the default ``group = true``), then
+   ``shrink``. Shrink runs twice from the same pruned model: ``borders =
+   "carrier"`` (exact: its outputs are checked against the masked model's,
+   its parameter count reported as "exact"), and ``--borders`` (default
+   ``"bias"``: no carrier channel, so every width is the pruned one; exact
+   but at the outputs whose window reaches a zero padding), the model that is
+   timed and fine-tuned.
 2. **Torch-Pruning** (``torch-pruning`` on PyPI, `tp.pruner.BasePruner`,
-   local): ``tp.importance.MagnitudeImportance(p=1, group_reduction="first",
-   normalizer=None)`` - the L1 norm of the first (root) layer's filter of
-   each dependency group, Torch-Pruning's own spelling of "standard L1 norm
-   of one layer", i.e. the score machop's ``l1-norm-single`` gives - with the
-   output layer in ``ignored_layers`` and a per-layer ``pruning_ratio_dict``
-   chosen so that each layer loses exactly machop's ``round(s * n)`` channels
+   local) with the same score: `filter_l1_importance`, each channel of a
+   dependency group scored by the mean of the L1 norms of the filters that
+   write it (Torch-Pruning's ``GroupMagnitudeImportance`` reduction, over
+   the output-channel layers only), the output layer in
+   ``ignored_layers`` and a per-layer ``pruning_ratio_dict`` chosen so that
+   each layer loses exactly machop's ``round(s * n)`` channels
    (Torch-Pruning's own count is ``n - int(n * (1 - s))``, one more than
    machop's at e.g. 128 channels x 0.3). The benchmark records which output
    channels each side removed, layer by layer, and reports where they differ.
@@ -60,7 +67,7 @@ machine); inter-op 1.
 Run::
 
     python bench/speedup_bench.py [--models vgg7 resnet18] [--sparsities 0.3 0.5 0.7] [--rounds 5]
-                                  [--out bench/results] [--quick] [--no-torch-pruning]
+                                  [--out bench/results] [--quick] [--no-torch-pruning] [--borders bias]
 
 Writes ``speedup.json`` and ``speedup.md`` under ``--out`` (default
 ``bench/results/``) and prints the same tables.
@@ -170,30 +177,66 @@ def empty_rows(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def machop_prune(trained: nn.Module, name: str, sparsity: float, x: torch.Tensor) -> dict:
-    """prune (local channelwise l1-norm-single) + shrink; the shrunk graph and what the passes said."""
-    graph = MaseGraph(copy.deepcopy(trained), dummy_input=x[:2])
-    graph.context.model_name, graph.context.dataset_info = name, dataset_info()
-    graph, prune_info = PASSES["prune"](graph, {"weight": {"sparsity": sparsity, "scope": "local",
-                                                           "granularity": "channelwise",
-                                                           "method": "l1-norm-single"}})
-    pruned = {q: set(v) for q, v in empty_rows(graph.model).items()}
+def _outputs(graph: MaseGraph, x: torch.Tensor) -> torch.Tensor:
     graph.model.eval()
     with torch.no_grad():
-        masked = graph.model(x)
+        return graph.model(x)
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def machop_prune(trained: nn.Module, name: str, sparsity: float, x: torch.Tensor, borders: str = "bias") -> dict:
+    """prune (local channelwise l1-norm-single, coupled channels together) + shrink, twice from the same pruned model:
+
+    ``exact`` with ``borders = "carrier"`` (outputs equal to the masked model's), and the model timed and
+    fine-tuned, with ``borders`` (default "bias": no carrier channels, exact but at zero-padded borders)."""
+
+    def pruned() -> tuple[MaseGraph, dict]:
+        graph = MaseGraph(copy.deepcopy(trained), dummy_input=x[:2])
+        graph.context.model_name, graph.context.dataset_info = name, dataset_info()
+        return PASSES["prune"](graph, {"weight": {"sparsity": sparsity, "scope": "local", "granularity": "channelwise",
+                                                  "method": "l1-norm-single"}})
+
+    graph, prune_info = pruned()
+    chosen = {q: set(v) for q, v in empty_rows(graph.model).items()}
+    masked = _outputs(graph, x)
+    exact, exact_info = PASSES["shrink"](graph, {"borders": "carrier"})
+    graph, _ = pruned()
     t0 = time.perf_counter()
-    graph, info = PASSES["shrink"](graph, {})
+    graph, info = PASSES["shrink"](graph, {"borders": borders})
     seconds = time.perf_counter() - t0
-    graph.model.eval()
-    with torch.no_grad():
-        shrunk = graph.model(x)
-    rel = float((shrunk - masked).abs().max() / masked.abs().max().clamp_min(1e-30))
-    return {"graph": graph, "pruned": pruned, "shrink_info": info, "prune_dense": prune_info.get("dense"),
-            "max_rel_diff": rel, "shrink_seconds": seconds}
+    return {"graph": graph, "pruned": chosen, "shrink_info": info, "coupled": prune_info["weight"].get("coupled", []),
+            "max_rel_diff": _rel_diff(_outputs(graph, x), masked), "shrink_seconds": seconds,
+            "exact": {"params": n_params(folded_copy(exact)), "max_rel_diff": _rel_diff(_outputs(exact, x), masked),
+                      "kept": exact_info["kept"], "carriers": exact_info["carriers"]}}
+
+
+def filter_l1_importance():
+    """A Torch-Pruning importance: each channel of a dependency group scored by the mean, over the group's
+    Conv/Linear layers that write it, of their filters' L1 norms - machop's grouped ``l1-norm-single``."""
+    import torch_pruning as tp
+
+    class FilterL1Mean(tp.importance.GroupMagnitudeImportance):
+        def __init__(self):
+            super().__init__(p=1, group_reduction="mean", normalizer=None, bias=False)
+
+        @torch.no_grad()
+        def __call__(self, group):
+            imps, roots = [], []
+            for i, (dep, idxs) in enumerate(group):
+                if dep.pruning_fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels) \
+                        and not getattr(dep.layer, "transposed", False):
+                    imps.append(dep.layer.weight.data[idxs].flatten(1).abs().sum(1))
+                    roots.append(group[i].root_idxs)
+            return self._reduce(imps, roots) if imps else None
+
+    return FilterL1Mean()
 
 
 def torch_pruning_prune(trained: nn.Module, name: str, sparsity: float, x: torch.Tensor) -> dict:
-    """Torch-Pruning on a copy of ``trained``: same layers, same L1 score, same count per layer as machop."""
+    """Torch-Pruning on a copy of ``trained``: same layers, same grouped L1 score, same count per layer as machop."""
     import torch_pruning as tp
 
     model = copy.deepcopy(trained).eval()
@@ -205,12 +248,11 @@ def torch_pruning_prune(trained: nn.Module, name: str, sparsity: float, x: torch
         n = m.weight.shape[0]
         k = round(sparsity * n)  # machop's count (prune_count); Torch-Pruning prunes n - int(n * (1 - r)) = k
         ratio[m] = (k - 0.5) / n
-    imp = tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cls = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner  # (MetaPruner: older name)
-        pruner = cls(model, x[:2], importance=imp, pruning_ratio=sparsity, pruning_ratio_dict=ratio,
-                     ignored_layers=[last], global_pruning=False)
+        pruner = cls(model, x[:2], importance=filter_l1_importance(), pruning_ratio=sparsity,
+                     pruning_ratio_dict=ratio, ignored_layers=[last], global_pruning=False)
     names = {m: q for q, m in model.named_modules()}
     removed: dict[str, set[int]] = {}
     groups = []
@@ -367,16 +409,18 @@ def _run_model(name: str, sparsities: list[float], args, log, workdir: Path) -> 
                                        "pretrain_seconds": seconds}, "sparsities": []}
     for s in sparsities:
         entry: dict = {"sparsity": s}
-        m = machop_prune(dense, name, s, x)
+        m = machop_prune(dense, name, s, x, args.borders)
         sinfo = m["shrink_info"]
         entry["machop"] = {
-            "max_rel_diff_shrunk_vs_masked": m["max_rel_diff"], "shrink_seconds": m["shrink_seconds"],
-            "kept": sinfo["kept"], "carriers": sinfo["carriers"], "biases_added": sinfo["biases_added"],
-            "shrink_totals": sinfo["totals"],
+            "borders": args.borders, "max_rel_diff_shrunk_vs_masked": m["max_rel_diff"],
+            "shrink_seconds": m["shrink_seconds"], "kept": sinfo["kept"], "carriers": sinfo["carriers"],
+            "approximate": sinfo["approximate"], "biases_added": sinfo["biases_added"],
+            "shrink_totals": sinfo["totals"], "coupled": m["coupled"], "exact": m["exact"],
             "test_acc_before_finetune": accuracy(m["graph"].model, test),
         }
-        log(f"{name} @ {s:.0%}: machop shrink in {m['shrink_seconds']:.1f} s, shrunk vs masked max rel diff "
-            f"{m['max_rel_diff']:.2e}; {len(sinfo['kept'])} kept-channel entr(ies)")
+        log(f"{name} @ {s:.0%}: machop shrink (borders {args.borders}) in {m['shrink_seconds']:.1f} s, shrunk vs "
+            f"masked max rel diff {m['max_rel_diff']:.2e}; exact shrink (carriers): {m['exact']['params']:,} params, "
+            f"max rel diff {m['exact']['max_rel_diff']:.2e}; {len(sinfo['kept'])} kept-channel entr(ies)")
         seconds = fit(m["graph"].model, epochs_ft, args.lr, args.seed)
         machop_model = folded_copy(m["graph"]).eval()
         entry["machop"].update(test_acc=accuracy(machop_model, test), finetune_seconds=seconds,
@@ -458,7 +502,8 @@ def tables(results: dict) -> str:
         head = ["model", "sparsity", "params TP/machop", "MACs TP/machop"]
         for rt in runtimes:
             head += [f"{rt} b1 TP/machop", f"{rt} b{batch} TP/machop"]
-        head += ["acc machop − TP (points)", "same channels chosen", "pruned channels machop keeps"]
+        head += ["acc machop − TP (points)", "same channels chosen", "pruned channels machop keeps",
+                 "params exact shrink / TP"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in results["models"]:
             for e in r["sparsities"]:
@@ -474,7 +519,8 @@ def tables(results: dict) -> str:
                 ties = sum(not c["same"] and c.get("rel_gap", 1.0) < 1e-5 for c in e["channel_choice"])
                 choice = f"{same}/{len(e['channel_choice'])} layers" + (f" (+{ties} float near-tie)" if ties else "")
                 row += [f"{(mo['test_acc'] - tpr['test_acc']) * 100:+.2f}", choice,
-                        str(sum(len(k["channels"]) for k in mo["kept"]))]
+                        str(sum(len(k["channels"]) for k in mo["kept"])),
+                        f"{mo['exact']['params'] / tpr['params']:.4f}"]
                 lines.append("| " + " | ".join(row) + " |")
         out += ["", "## machop shrink vs Torch-Pruning (ratios TP / machop: above 1, machop is smaller or faster)",
                 "", *lines]
@@ -534,6 +580,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--call-seconds", type=float, default=None,
                    help="target seconds of one timed call (default 0.25; --quick: 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--borders", choices=["bias", "carrier", "keep"], default="bias",
+                   help="shrink's borders for the timed machop model (default bias; an exact carrier shrink is "
+                        "always measured too)")
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"rounds": (5, 1), "batch": (64, 8), "train_images": (2000, 128), "test_images": (1000, 128),

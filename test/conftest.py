@@ -2,7 +2,10 @@
 own threads, and those of the processes tests start, are held to one. `one_thread` does the same for a
 module run on its own (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +30,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def speedup_bench():
+    """bench/speedup_bench.py as a module (it imports bench/timing.py as `timing`)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("speedup_bench", bench / "speedup_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

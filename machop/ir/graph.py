@@ -31,6 +31,7 @@ class PassContext:
     output_dir: Path | None = None  # where passes write files (checkpoints, the compressed model)
     model_name: str | None = None  # registry name (None for your own model: pass it when loading a file)
     dataset_info: Any = None  # machop.datasets.DatasetInfo of a registry dataset, if any
+    shrunk: bool = False  # the registry model with channels removed (the shrink pass): files record it, load by name
     training: TrainSettings = field(default_factory=TrainSettings)  # train steps override it per step
     progress_bar: bool = True
     step: str | None = None  # label of the pass being run (names its checkpoint folder and its errors)

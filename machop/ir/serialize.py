@@ -5,7 +5,8 @@ A saved file is ``torch.save`` of plain data, read back with
 
 - ``format``: ``"machop.pt"`` or ``"machop.mz"``; ``version``: 1
 - ``structure``: a JSON string: the registry name of the model and its
-  dataset info (None for your own model), its class name, the tensors tied
+  dataset info (None for your own model; ``"shrunk": true`` when the shrink
+  pass removed channels from the registry model), its class name, the tensors tied
   together, every parametrization chain (prune masks, k-means weight
   sharing, fixed point) and every module inserted into the fx graph
   (activation masks);
@@ -13,7 +14,9 @@ A saved file is ``torch.save`` of plain data, read back with
 - ``meta`` (``mz`` only): JSON of each node's ``mase`` metadata.
 
 A file holds no code, so loading takes the model: a registry model is built
-by name; your own model is passed in (``load_graph(path, model=MyNet())``).
+by name (a shrunk one resized to the shapes its tensors record, no layer
+larger than the registry's: `machop.ir.skeleton`); your own model is passed
+in (``load_graph(path, model=MyNet())``).
 The file's architecture is checked against the model first (an error names
 the first tensor that differs, nothing is touched), then the recorded
 structure is re-created from the classes of `machop.nn` (`REBUILDABLE`:
@@ -59,6 +62,7 @@ from machop.nn import has_tensor, is_rebuildable, rebuild, spec_of, stored, tied
 from machop.nn.rebuild import short
 
 from .graph import MaseGraph, PassContext
+from .skeleton import ShrunkShapeError, materialize, registry_skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +169,7 @@ def describe_structure(graph: MaseGraph) -> dict:
                 })
     return {
         "model": ctx.model_name,
+        **({"shrunk": True} if ctx.shrunk and ctx.model_name is not None else {}),  # absent: the registry's shapes
         "dataset_info": asdict(ctx.dataset_info) if ctx.dataset_info is not None else None,
         "class": type(graph.model).__name__,
         "ties": tied_tensors(graph.model),
@@ -333,8 +338,10 @@ def _list(value: Any, where: str) -> list:
 
 def _structure_errors(structure: Any) -> None:
     """ValueError (without the file's name) at the first thing wrong in a structure record."""
-    s = _table(structure, _STRUCTURE_KEYS, {"ties"}, "the record")
+    s = _table(structure, _STRUCTURE_KEYS, {"ties", "shrunk"}, "the record")
     _text(s["model"], "model", _NAME, optional=True)
+    if "shrunk" in s and (not isinstance(s["shrunk"], bool) or (s["shrunk"] and s["model"] is None)):
+        raise ValueError(f"shrunk must be true or false, and true only with a registry model, got {short(s['shrunk'])}")
     _text(s["class"], "class", _NAME, optional=True)
     if s["dataset_info"] is not None:
         info = _table(s["dataset_info"], {"name", *_DATASET_INFO, "image_size"}, set(), "dataset_info")
@@ -471,7 +478,11 @@ def base_graph(
     that does not record one (a plain state dict). With the file's
     ``signature``, a registry model is first built on the meta device (no
     memory) and checked against it, so a file's dataset info cannot make
-    machop build a model larger than the weights the file holds.
+    machop build a model larger than the weights the file holds. A file
+    recording ``"shrunk": true`` (the shrink pass removed channels) gets the
+    registry model with its Conv/Linear/BatchNorm layers resized to the
+    file's shapes (`machop.ir.skeleton.registry_skeleton`: none larger than
+    the registry's), built from the meta device at that size.
     """
     if structure is not None:
         check_structure(structure, source)
@@ -479,8 +490,9 @@ def base_graph(
         graph = model if isinstance(model, MaseGraph) else MaseGraph(model)
         if context is not None:
             graph.context = context
-        if structure and structure.get("model") and graph.context.model_name is None:
+        if structure and structure.get("model") and graph.context.model_name in (None, structure["model"]):
             graph.context.model_name = structure["model"]
+            graph.context.shrunk = bool(structure.get("shrunk"))
         return graph
     if structure is not None and structure.get("model") is None:
         cls = structure.get("class") or "model"
@@ -488,6 +500,7 @@ def base_graph(
             f"{source} holds your own model ({cls}), not a registry model: a file holds no code, so pass the "
             f"model to load it into, e.g. load_graph(path, model={cls}(...)) or load_compressed(path, model={cls}(...))"
         )
+    shrunk = bool(structure and structure.get("shrunk"))
     if structure is not None:
         model_name = structure["model"]
         dataset_info = DatasetInfo(**structure["dataset_info"]) if structure.get("dataset_info") else None
@@ -495,19 +508,28 @@ def base_graph(
         raise ValueError(f"{source} does not name its model: give the model and dataset")
     if model_name not in MODELS:
         raise ValueError(f"{source} holds a {model_name!r}, which is not in this machop's model registry")
+    if shrunk and signature is None:
+        raise ValueError(f"{source} holds a shrunk {model_name}: its tensors' shapes are needed to build it")
+    probe = None
     if signature is not None:
+        want = base_signature(signature, structure) if structure else signature
         try:
-            with torch.device("meta"):
-                probe = get_model(model_name, dataset_info)
+            if shrunk:
+                probe = registry_skeleton(model_name, dataset_info, want)
+            else:
+                with torch.device("meta"):
+                    probe = get_model(model_name, dataset_info)
+        except ShrunkShapeError as e:  # a layer the file claims larger than the registry's, or reshaped
+            raise ArchitectureMismatch(f"{source} does not fit a shrunk {model_name}: {e}") from None
         except Exception as e:  # a dataset_info the model cannot be built for
             raise BadFileError(f"{source}: cannot build a {model_name} for its dataset info ({type(e).__name__})") from None
         got = state_signature(probe)
-        want = base_signature(signature, structure) if structure else signature
         if not same_signature(got, want):
             raise ArchitectureMismatch(f"{source} does not fit the model: {first_mismatch(got, want)}")
     context = context if context is not None else PassContext()
-    context.model_name, context.dataset_info = model_name, dataset_info
-    return MaseGraph(get_model(model_name, dataset_info), context=context)
+    context.model_name, context.dataset_info, context.shrunk = model_name, dataset_info, shrunk
+    built = materialize(probe) if shrunk else get_model(model_name, dataset_info)
+    return MaseGraph(built, context=context)
 
 
 def load_model(

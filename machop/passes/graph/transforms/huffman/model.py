@@ -30,8 +30,9 @@ first parametrization is a `FixedPoint` (an ``integer`` layer's bias) as its
 `describe_structure` (registry model name or your model's class name,
 dataset info, ties, parametrization chains, inserted modules) and every
 state-dict key with its shape and dtype. A file holds no code: decoding a
-registry model needs only its name, decoding your own model takes the model
-(its architecture is checked against the file first).
+registry model needs only its name (a shrunk one, ``structure.shrunk``, is
+resized to the shapes the header records: `machop.ir.skeleton`), decoding
+your own model takes the model (its architecture is checked against the file first).
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ from machop.ir.serialize import (
     check_structure,
     apply_structure,
     base_graph,
+    base_signature,
     check_architecture,
     describe_structure,
     first_mismatch,
     same_signature,
     state_signature,
 )
+from machop.ir.skeleton import ShrunkShapeError, materialize, registry_skeleton
 from machop.models import MODELS, get_model
 from machop.nn import (
     FLOAT_FORMATS,
@@ -575,6 +578,7 @@ class _Header:
         _keys(header, _HEADER_KEYS - {"dense_params"}, "the header", frozenset({"dense_params"}))
         self.structure = _check_structure(header["structure"])
         self.model_name: str | None = self.structure["model"]
+        self.shrunk = bool(self.structure.get("shrunk"))  # the registry model with channels removed (shrink pass)
         tensors = header["tensors"]
         _need(isinstance(tensors, list), "tensors must be a list")
         self.signature: list[list] = []
@@ -684,10 +688,9 @@ class _Decoder:
                 if ctx_name is None:
                     raise self.fail("the graph already holds masks or codebooks that differ from the file's; "
                                     "decode into a fresh model")
-                fresh = self._registry_graph(graph.context)
-                fresh.dummy_input = graph.dummy_input
-                fresh.model.to(graph.device)
-                return fresh, True
+                return self._fresh(graph), True
+            if hdr.shrunk and ctx_name is not None and not self._fits(graph.model):
+                return self._fresh(graph), True  # the registry model, not (yet) shrunk as the file's
             self._check_architecture(graph.model)
             return graph, True
         if model is not None:
@@ -698,6 +701,20 @@ class _Decoder:
             self._check_architecture(graph.model)
             return graph, True
         return self._registry_graph(context), True
+
+    def _fresh(self, graph: MaseGraph) -> MaseGraph:
+        """A new graph of the registry model ``graph``'s context names, keeping its context, dummy input, device."""
+        fresh = self._registry_graph(graph.context)
+        fresh.dummy_input = graph.dummy_input
+        fresh.model.to(graph.device)
+        return fresh
+
+    def _fits(self, model: nn.Module) -> bool:
+        try:
+            self._check_architecture(model)
+        except CompressedFileError:
+            return False
+        return True
 
     def _check_architecture(self, model: nn.Module) -> None:
         try:
@@ -711,6 +728,9 @@ class _Decoder:
 
         Built on the meta device first (no memory) and checked against the
         file; a model named by the file alone must also fit its size limit.
+        A shrunk model's file (``structure.shrunk``) gets the registry model
+        with its Conv/Linear/BatchNorm layers resized to the file's shapes
+        (none larger than the registry's), made real at that size only.
         """
         hdr = self.hdr
         if hdr.model_name is None:
@@ -732,8 +752,13 @@ class _Decoder:
         else:
             info = context.dataset_info
         try:
-            with torch.device("meta"):
-                meta = get_model(hdr.model_name, info)
+            if hdr.shrunk:
+                meta = registry_skeleton(hdr.model_name, info, base_signature(hdr.signature, hdr.structure))
+            else:
+                with torch.device("meta"):
+                    meta = get_model(hdr.model_name, info)
+        except ShrunkShapeError as e:  # a layer the file claims larger than the registry's, or reshaped
+            raise self.fail(f"the model does not match the file's shrunk {hdr.model_name}: {e}") from None
         except Exception as e:  # the registry model refuses this data set (e.g. images too small)
             raise self.fail(f"cannot build a {hdr.model_name} for {info}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -744,8 +769,8 @@ class _Decoder:
             raise self.fail(f"names a {hdr.model_name} of {size} bytes, more than a {self.file_bytes}-byte file "
                             f"can hold (at most {allowed}); pass the model or a context naming it to load it anyway")
         context = context if context is not None else PassContext()
-        context.model_name, context.dataset_info = hdr.model_name, info
-        return MaseGraph(get_model(hdr.model_name, info), context=context)
+        context.model_name, context.dataset_info, context.shrunk = hdr.model_name, info, hdr.shrunk
+        return MaseGraph(materialize(meta) if hdr.shrunk else get_model(hdr.model_name, info), context=context)
 
     # ------------------------------------------------------------------ 2.-5.
     def state(self, graph: MaseGraph, structured: bool) -> dict[str, torch.Tensor]:

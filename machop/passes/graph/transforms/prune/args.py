@@ -13,6 +13,8 @@ method = "l1-norm"             # see METHODS; defaults to the first listed for t
 types = ["conv2d", "linear"]   # layer kinds to prune (default: every kind; see machop.nn.KINDS)
 exclude = ["fc2"]              # weights left dense: node, module or weight names (a module covers its weights)
 seed = 0                       # random methods; default: graph.context.training.seed
+group = true                   # channelwise: channels coupled across layers (residual adds, depthwise convs)
+                               # are scored together (mean of the layers' scores) and pruned together
 
 [passes.prune.activation]      # optional; same keys, plus
 calibration_samples = 256      # data-driven methods only
@@ -95,9 +97,13 @@ class WeightPruneArgs:
     exclude: list[str] = field(default_factory=list)
     seed: int | None = None
     auto: PruneTarget | None = None  # sparsity = "auto": what the per-layer sparsities must meet
+    group: bool | None = None  # channelwise weights: prune coupled channels together (default true)
 
     def validate(self, path: str) -> None:
         key = join(path, "sparsity")
+        if self.group is not None and (self.KIND, self.granularity) != ("weight", "channelwise"):
+            raise ConfigError(join(path, "group"), "applies to channelwise weight pruning only (coupled output "
+                                                   f"channels), not to {self.granularity} {self.KIND} pruning")
         if (self.sparsity == AUTO) != (self.auto is not None):
             raise ConfigError(join(path, "auto") if self.auto is not None else key,
                               'sparsity = "auto" and an auto table (the target it meets) go together')

@@ -19,6 +19,21 @@ Exactness: each pruned weight loses exactly ``round(sparsity * n)`` groups of
 its ``n`` (``global``: that many over all pruned weights together), ties broken
 by position (see `machop.nn.ranking`).
 
+Coupled channels (``group = true``, the default for channelwise weights):
+layers whose output channels are one channel of the network - the writers
+of a residual stream (the ``add`` of a block's last convolution and its
+shortcut), a depthwise convolution and the layer feeding it - are found by
+following channels through the graph (`analysis.channels.couplings`, the
+shrink pass's analysis). Each coupled channel is scored by the mean of its
+layers' scores for it and ``round(s * n)`` of the ``n`` coupled channels are
+pruned in every one of those layers, ``s`` the smallest of their
+sparsities: the same channels go everywhere, so `shrink` can remove them
+(Torch-Pruning's grouped importance). When a layer writing a coupled
+channel is not pruned by the table (excluded, not selected, sparsity 0,
+the output layer), the others are pruned each alone and ``info["weight"]
+["coupled"]`` says so. ``group = false`` prunes every layer alone
+(``torch.nn.utils.prune.ln_structured`` per layer).
+
 Iterative pruning composes: scores are computed on the *effective* weights
 (masks and other parametrizations applied) and the new mask is ANDed into the
 existing one. Groups an earlier pass already pruned rank lowest, so they
@@ -69,6 +84,7 @@ from machop.nn import (
     prune_count,
     quantizer_of,
 )
+from machop.passes.graph.analysis.channels import Coupling, couplings, follow
 from machop.passes.graph.analysis.pruning import add_pruning_metadata, selected_kinds
 from machop.training import calibration_batch, check_accelerator
 
@@ -239,10 +255,16 @@ def _prune_weights(graph: MaseGraph, args: WeightPruneArgs, targets: list[Target
         return scores
 
     keeps: list[torch.Tensor] = []
+    coupled: list[dict] = []
     if args.scope == "local":
+        scores = {t.name: scores_of(t) for t in targets}
+        together: dict[str, torch.Tensor] = {}
+        if args.granularity == "channelwise" and args.group is not False and targets:
+            together, coupled = _coupled_keeps(graph, targets, scores)
         for t in targets:
-            scores = scores_of(t)
-            keeps.append(lowest_k_mask(scores, prune_count(t.sparsity, scores.numel())))
+            if t.name not in together:
+                together[t.name] = lowest_k_mask(scores[t.name], prune_count(t.sparsity, scores[t.name].numel()))
+            keeps.append(together[t.name])
     elif targets:
         # one ranking over all weights; scores written into one buffer to avoid a second copy
         sizes = [groups_of(t, t.weight.stored()).shape[0] for t in targets]
@@ -263,7 +285,61 @@ def _prune_weights(graph: MaseGraph, args: WeightPruneArgs, targets: list[Target
     pruned = sum(int((~get_mask(t.weight.module, t.weight.tensor_name)).sum()) for t in targets)
     total = sum(t.weight.stored().numel() for t in targets)
     return {**args.how(), "sparsity": args.sparsity, "layers": [t.name for t in targets],
-            "achieved": pruned / total if total else 0.0}
+            "achieved": pruned / total if total else 0.0, **({"coupled": coupled} if coupled else {})}
+
+
+def _coupled_keeps(graph: MaseGraph, targets: list[Target], scores: dict[str, torch.Tensor]
+                   ) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Keep vectors of the targets whose output channels are coupled to other layers', chosen together.
+
+    Returns ``({target name: keep}, report)``; targets not in the dict are
+    pruned alone. See the module doc.
+    """
+    try:
+        groups = couplings(follow(graph))
+    except ValueError as e:  # no input shape to follow channels with
+        logger.warning("channelwise pruning: coupled channels are not pruned together: %s", e)
+        return {}, []
+    by_module = {t.weight.qualname: t for t in targets
+                 if t.kind.channel_dim == 0 and t.weight.tensor_name == "weight" and len(t.weight.sites) == 1}
+    names = graph.node_names()
+    keeps: dict[str, torch.Tensor] = {}
+    report = []
+    for g in groups:
+        layers = [names.get(q, q) for q in g.layers]
+        if not any(q in by_module for q in g.layers):
+            continue
+        missing = [names.get(q, q) for q in g.layers if q not in by_module]
+        if missing:
+            report.append({"layers": layers, "alone": f"{', '.join(missing)} not pruned by this table"})
+            logger.info("%s are coupled, but %s not pruned by this table: each is pruned alone",
+                        ", ".join(layers), ", ".join(missing))
+            continue
+        keep, sparsity, k = _keep_units(g, by_module, scores)
+        for q in g.layers:
+            keeps[by_module[q].name] = keep[q]
+        report.append({"layers": layers, "channels": len(g.units), "pruned": k, "sparsity": sparsity})
+    return keeps, report
+
+
+def _keep_units(g: Coupling, by_module: dict[str, Target], scores: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], float, int]:
+    """Each coupled channel scored by the mean of its layers' scores; the lowest ``round(s * n)`` go everywhere."""
+    first = scores[by_module[g.layers[0]].name]
+    unit_of = {q: torch.empty(scores[by_module[q].name].numel(), dtype=torch.long) for q in g.layers}
+    for u, members in enumerate(g.units):
+        for q, c in members:
+            unit_of[q][c] = u
+    total = torch.zeros(len(g.units), dtype=first.dtype, device=first.device)
+    count = torch.zeros_like(total)
+    for q, index in unit_of.items():
+        index = index.to(first.device)
+        total.index_add_(0, index, scores[by_module[q].name].to(total))
+        count.index_add_(0, index, torch.ones_like(index, dtype=total.dtype))
+    sparsity = min(by_module[q].sparsity for q in g.layers)
+    k = prune_count(sparsity, len(g.units))
+    keep = lowest_k_mask(total / count, k)
+    return {q: keep[index.to(keep.device)] for q, index in unit_of.items()}, sparsity, k
 
 
 # --------------------------------------------------------------------------- activations

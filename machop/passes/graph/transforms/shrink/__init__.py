@@ -19,7 +19,7 @@ method = "l1-norm-single"
 
 [passes.shrink]            # after pruning (and retraining), before quantize
 exclude = []               # layers whose channels stay (node names or module paths)
-carrier = true             # see "Exact" below; false: such channels stay instead
+borders = "carrier"        # see "Exact" below: "carrier" | "keep" | "bias"
 ```
 
 ```python
@@ -35,16 +35,27 @@ per-channel constant, which the next layer consumes. The pass follows
 channels through the fx graph (`channels`), reads each removed channel's
 constant where a layer reads it, and folds it into that layer: into its
 bias (Linear, a convolution without zero padding; a bias is added where the
-layer had none), or, for a zero-padded convolution (where a constant input
+layer had none, unless a batch norm alone reads it: then the norm's running
+mean absorbs it, and no parameter is added), or, for a zero-padded convolution (where a constant input
 is not constant at the borders), into the weights of one kept constant
 channel, the *carrier* (one pruned channel is kept for that when no kept
 channel is constant). Batch norm is folded with its running statistics
 (eval mode): in train mode the masked and shrunk models differ.
 
+``borders`` chooses what happens to a removed channel's constant that a
+zero-padded convolution reads: ``"carrier"`` (default, exact) as above;
+``"keep"`` (exact) keeps such channels instead; ``"bias"`` folds it into
+the bias as for an unpadded layer: exact except at the outputs whose window
+reaches the padding, and no extra channel, so every width is the pruned one
+(``info["approximate"]`` names those layers). A carrier makes widths like
+65 or 129, which run slower than 64 and 128 on most kernels. (Torch-Pruning
+folds nothing: what removed channels output is simply lost.)
+
 **Groups.** Channels coupled by a residual ``add`` (or any elementwise op
 of two tensors) or ``cat`` along another dimension are one group: removed
 only if every layer writing it pruned it. A depthwise convolution's channel
-goes with its input channel. ``cat`` along channels keeps each part's
+goes with its input channel. The prune pass's channelwise methods score and
+prune such a group together (``group = true``, the default), so it goes. ``cat`` along channels keeps each part's
 channels at its offset.
 
 **What stays, and why** (``info["kept"]``: layer, channels, reason): the
@@ -61,14 +72,19 @@ A model already quantized (k-means codebook, fixed point) is refused:
 shrink before quantizing.
 
 **Files.** A shrunk registry model is no longer the registry's architecture:
-the pass sets ``graph.context.model_name`` to None (``info["registry_model"]``
-keeps the name), so the files written afterwards (`save_graph`, Huffman)
-hold "your own model". To open one in a new process, build the skeleton
-with `shrunk_like` (the registry or your model, resized to the shapes the
-file records) and pass it: ``load_graph(path, model=shrunk_like(get_model("vgg7", info), path))``.
+the pass sets ``graph.context.shrunk`` (``info["registry_model"]`` names
+the model), so the files written afterwards (`save_graph`, Huffman) record
+``"shrunk": true`` next to the registry name, and load by name like any
+registry model's (``load_graph(path)``, ``load_compressed(path)``, ``./ch test
+--load``, ``load_name``): the loader builds the registry model, resizes its
+Conv/Linear/BatchNorm layers to the shapes the file records (none may be
+larger than the registry's), checks the architecture and loads. For your own
+model, `shrunk_like` (`machop.ir.skeleton`) builds that skeleton:
+``load_graph(path, model=shrunk_like(MyNet(), path))``.
 """
 
+from machop.ir.skeleton import shrunk_like
+
 from .shrink import ShrinkArgs, check_shrink_args, parse_shrink_args, shrink_transform_pass
-from .skeleton import shrunk_like
 
 __all__ = ["ShrinkArgs", "check_shrink_args", "parse_shrink_args", "shrink_transform_pass", "shrunk_like"]

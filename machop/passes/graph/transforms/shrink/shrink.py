@@ -10,6 +10,7 @@ import copy
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from machop.ir import MaseGraph
 from machop.nn import ActivationPrune, WeightMask, apply_mask, chain, dense_parameter_count, get_mask, module_paths
 from machop.passes.graph.analysis.pruning import collect_pruning_info
 
-from .channels import _CONV, _NORM, Analysis, analyse
+from machop.passes.graph.analysis.channels import _CONV, _NORM, Analysis, analyse, effective_weights, sample_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class ShrinkArgs:
     """``[passes.shrink]``."""
 
     exclude: list[str] = field(default_factory=list)  # layers (node names or module paths) whose channels stay
-    carrier: bool = True  # keep one constant channel to carry removed constants into zero-padded convolutions
+    borders: Literal["carrier", "keep", "bias"] = "carrier"  # removed constants read by zero-padded convolutions
 
     def validate(self, path: str) -> None:
         if len(set(self.exclude)) != len(self.exclude):
@@ -64,17 +65,6 @@ def check_shrink_args(graph: MaseGraph, args: ShrinkArgs, path: str, earlier: li
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _sample_inputs(graph: MaseGraph) -> tuple[torch.Tensor, ...]:
-    if graph.dummy_inputs is not None:
-        return tuple(t[:4].to(graph.device) for t in graph.dummy_inputs)
-    info = graph.context.dataset_info
-    if info is not None:
-        g = torch.Generator().manual_seed(0)
-        return (torch.randn(2, info.in_channels, *info.image_size, generator=g).to(graph.device),)
-    raise ValueError("shrink needs the model's input shape to follow channels: set graph.dummy_input "
-                     "(or graph.context.dataset_info for a registry model)")
 
 
 def _refuse_quantized(graph: MaseGraph) -> None:
@@ -141,7 +131,9 @@ class _Plan:
     removed: set[int]  # variable roots removed
     why: dict[int, str]  # root → why it stays (for pruned channels)
     carriers: list[dict]
+    approximate: list[str]  # zero-padded readers whose borders differ (borders = "bias")
     bias_add: dict[str, torch.Tensor]  # reader qualname → per-output-channel addition (float64)
+    mean_shift: dict[str, torch.Tensor]  # batch norm qualname → subtraction from its running mean (float64)
     weight_add: dict[str, tuple[int, torch.Tensor]]  # reader qualname → (carrier column, addition to W[:, c])
 
 
@@ -198,7 +190,7 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
                     changed = True
 
     # constants read by zero-padded convolutions: fold through one kept constant channel (the carrier)
-    carriers = []
+    carriers, approximate = [], []
     for rd in a.readers:
         m = modules[rd.qualname]
         if not isinstance(m, _CONV) or not _zero_padded(m):
@@ -209,11 +201,14 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
         need = [j for j, r in enumerate(rs) if r in removed and used[j] and val[j] != 0]
         if not need:
             continue
-        if not args.carrier:
+        if args.borders == "bias":
+            approximate.append(rd.node.name)
+            continue
+        if args.borders == "keep":
             for j in need:
                 removed.discard(rs[j])
                 why[rs[j]] = (f"its constant output ({float(val[j]):.4g}) reaches zero-padded {rd.node.name}, "
-                              "which sees it differently at the borders (carrier = false)")
+                              'which sees it differently at the borders (borders = "keep")')
             continue
         if any(r not in removed and const[j] and val[j] != 0 for j, r in enumerate(rs)):
             continue  # a kept constant channel carries it
@@ -233,12 +228,33 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
         if not gone:
             continue
         per_column = w[:, gone].reshape(w.shape[0], len(gone), -1) * val[gone].to(w)[None, :, None]
-        if isinstance(m, _CONV) and _zero_padded(m):
+        if isinstance(m, _CONV) and _zero_padded(m) and args.borders == "carrier":
             c = next(j for j, r in enumerate(rs) if r not in removed and const[j] and val[j] != 0)
             weight_add[rd.qualname] = (c, per_column.sum(dim=1).reshape(w.shape[0], *w.shape[2:]) / val[c])
         else:
             bias_add[rd.qualname] = per_column.sum(dim=(1, 2))
-    return _Plan(removed, why, carriers, bias_add, weight_add)
+
+    # a bias-free layer read by one batch norm only: the constant shifts the norm's mean instead (no new bias)
+    mean_shift: dict[str, torch.Tensor] = {}
+    for rd in a.readers:
+        norm = _only_norm_after(rd.node, modules, a)
+        if rd.qualname in bias_add and _stored(modules[rd.qualname], "bias") is None and norm is not None:
+            mean_shift[norm] = bias_add.pop(rd.qualname)
+    return _Plan(removed, why, carriers, approximate, bias_add, mean_shift, weight_add)
+
+
+def _only_norm_after(node, modules: dict[str, nn.Module], a: Analysis) -> str | None:
+    """The batch norm that alone reads ``node``'s output (called once, with running statistics), or None:
+    adding a constant per channel before it is subtracting it from its running mean."""
+    if len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if user.op != "call_module" or not isinstance(modules[user.target], _NORM) or user.args[0] is not node:
+        return None
+    q = str(user.target)
+    if a.calls.get(q, 0) != 1 or modules[q].running_mean is None:
+        return None
+    return q
 
 
 # --------------------------------------------------------------------------- rewriting the modules
@@ -288,12 +304,14 @@ def _shrink_layer(m: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor, d
     return new
 
 
-def _shrink_norm(m: nn.Module, keep: torch.Tensor) -> nn.Module:
+def _shrink_norm(m: nn.Module, keep: torch.Tensor, shift: torch.Tensor | None) -> nn.Module:
     idx = keep.nonzero().flatten()
     new = _plain_copy(m)
     for name, p in m._parameters.items():
         new._parameters[name] = _param(p.detach().index_select(0, idx.to(p.device)), p) if p is not None else None
     for name, b in m._buffers.items():
+        if name == "running_mean" and shift is not None:
+            b = (b.double() - shift.to(b.device)).to(b.dtype)
         new._buffers[name] = b if b is None or b.dim() == 0 else b.index_select(0, idx.to(b.device)).clone()
     new.num_features = int(idx.numel())
     return new
@@ -312,13 +330,14 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     Returns ``(graph, info)``: ``layers`` (per layer: channels and parameters
     before/after), ``totals`` (``params``, ``macs`` before/after), ``kept``
     (pruned channels that could not be removed, with the reason),
-    ``carriers``, ``biases_added`` and ``registry_model``.
+    ``carriers``, ``approximate`` (zero-padded layers whose border outputs
+    differ, ``borders = "bias"``), ``biases_added`` and ``registry_model``.
     """
     path = pass_path(graph.context.step, "passes.shrink")
     args = parse_shrink_args(pass_args, path)
     check_shrink_args(graph, args, path)
     _refuse_quantized(graph)
-    inputs = _sample_inputs(graph)
+    inputs = sample_inputs(graph)
     gm = graph.model
     modules = dict(gm.named_modules())
     names = _layer_names(graph)
@@ -327,11 +346,7 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     before_info = collect_pruning_info(graph)["totals"]
     params_before = dense_parameter_count(gm)
 
-    weights = {}
-    for q, m in modules.items():
-        if isinstance(m, (*_CONV, nn.Linear)) and ".parametrizations" not in f".{q}":
-            with torch.no_grad():
-                weights[q] = m.weight.detach().cpu()
+    weights = effective_weights(gm)
     a = analyse(gm, inputs, weights)
     for w in graph.weights():  # a tied weight changes at every site: its channels stay
         if len(w.sites) > 1:
@@ -374,9 +389,9 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
                        "out_channels": [before[1], after[1]], "params": [_params(m), _params(new)]})
     for q, vs in a.norms.items():
         keep = keep_of(vs)
-        if not bool(keep.all()):
+        if not bool(keep.all()) or q in plan.mean_shift:
             m = modules[q]
-            new = _shrink_norm(m, keep)
+            new = _shrink_norm(m, keep, plan.mean_shift.get(q))
             _replace(gm, q, new)
             layers.append({"name": node_of.get(q, q), "module": q, "in_channels": [len(vs), int(keep.sum())],
                            "out_channels": [len(vs), int(keep.sum())],
@@ -390,7 +405,7 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     after_info = collect_pruning_info(graph)["totals"]
     registry = graph.context.model_name
     if layers and registry is not None:
-        graph.context.model_name = None  # no longer the registry's architecture: files of it hold "your own model"
+        graph.context.shrunk = True  # smaller than the registry's architecture: files record it and load by name
     info = {
         "layers": layers,
         "totals": {
@@ -402,6 +417,7 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
         },
         "kept": kept,
         "carriers": plan.carriers,
+        "approximate": plan.approximate,
         "biases_added": biases_added,
         "registry_model": registry if layers else None,
     }

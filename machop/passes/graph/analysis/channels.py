@@ -27,9 +27,11 @@ reads it at either has all-zero weights or carries a constant (a channel
 whose producer's weights are all pruned outputs its bias; through BatchNorm,
 ReLU or pooling it stays a per-channel constant), which the shrink pass folds
 into the reader. This is `Torch-Pruning`'s dependency-graph idea, written for
-machop's graphs; `weight_methods.downstream_consumers` of the prune pass
-follows the same ops for ``l1-norm-multi`` but cannot be imported here (no
-pass package imports another).
+machop's graphs.
+
+Two passes read it: ``shrink`` (which channels can go, `follow`) and
+``prune`` (`couplings`: layers whose output channels are one variable are
+scored and pruned together, so that shrink can remove what they prune).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from machop.ir import MaseGraph
 from machop.nn import ActivationPrune
 
 
@@ -498,3 +501,69 @@ def analyse(gm: fx.GraphModule, inputs: tuple, weights: dict[str, torch.Tensor])
     finally:
         gm.train(was_training)
     return runner.a
+
+
+def sample_inputs(graph: MaseGraph) -> tuple[torch.Tensor, ...]:
+    """A few inputs to follow channels with: the graph's dummy input, or random images of its data set's shape."""
+    if graph.dummy_inputs is not None:
+        return tuple(t[:4].to(graph.device) for t in graph.dummy_inputs)
+    info = graph.context.dataset_info
+    if info is not None:
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(2, info.in_channels, *info.image_size, generator=g).to(graph.device),)
+    raise ValueError("following channels needs the model's input shape: set graph.dummy_input "
+                     "(or graph.context.dataset_info for a registry model)")
+
+
+def effective_weights(gm: nn.Module) -> dict[str, torch.Tensor]:
+    """Every convolution and Linear module's weight as the model computes with it (masks applied), on CPU."""
+    out = {}
+    for q, m in gm.named_modules():
+        if isinstance(m, (*_CONV, nn.Linear)) and ".parametrizations" not in f".{q}":
+            with torch.no_grad():
+                out[q] = m.weight.detach().cpu()
+    return out
+
+
+def follow(graph: MaseGraph) -> Analysis:
+    """`analyse` ``graph`` on `sample_inputs` with its `effective_weights`."""
+    return analyse(graph.model, sample_inputs(graph), effective_weights(graph.model))
+
+
+@dataclass
+class Coupling:
+    """Layers whose output channels are coupled (a residual ``add``, a depthwise convolution, ...).
+
+    ``units[i]``: the ``(layer qualname, output channel)`` pairs that are one
+    channel variable: removable only together.
+    """
+
+    layers: list[str]
+    units: list[list[tuple[str, int]]]
+
+
+def couplings(a: Analysis) -> list[Coupling]:
+    """Every set of two or more convolution/Linear layers that share output channel variables, in graph order."""
+    by_root: dict[int, list[tuple[str, int]]] = {}
+    for q, vs in a.producers.items():
+        for c, v in enumerate(vs):
+            by_root.setdefault(a.vars.find(v), []).append((q, c))
+    cluster = {q: q for q in a.producers}
+
+    def top(q: str) -> str:
+        while cluster[q] != q:
+            q = cluster[q]
+        return q
+
+    for members in by_root.values():
+        for q, _ in members[1:]:
+            cluster[top(q)] = top(members[0][0])
+    layers: dict[str, list[str]] = {}
+    for q in a.producers:
+        layers.setdefault(top(q), []).append(q)
+    out = []
+    for qs in layers.values():
+        if len(qs) > 1:
+            roots = dict.fromkeys(a.vars.find(v) for q in qs for v in a.producers[q])
+            out.append(Coupling(qs, [by_root[r] for r in roots]))
+    return out

@@ -1,0 +1,158 @@
+"""The architecture of a shrunk model: a model resized to the shapes a file records.
+
+The shrink pass (`machop.passes.graph.transforms.shrink`) removes pruned
+channels: a registry model comes out with smaller convolution, Linear and
+batch-norm layers, and its files record ``"shrunk": true`` next to the
+registry name. A file holds no code, so a loader builds the registry model
+and resizes those layers to the shapes of the file's tensors
+(`registry_skeleton`: on the meta device, every layer at most its registry
+size, then compared with the file as strictly as any registry file) before
+the usual architecture check and load. `shrunk_like` does the resizing for
+any model (yours included) and a file, state dict or signature.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from machop.models import get_model
+
+from .graph import MaseGraph
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+RESIZABLE = (*_CONV, nn.Linear, *_NORM)
+"""The layer types a shrunk model's file may record smaller than its model's (the ones the shrink pass changes)."""
+
+
+class ShrunkShapeError(ValueError):
+    """A recorded shape that shrinking the layer cannot give (larger, another rank or kernel); one line."""
+
+
+def _shapes(source) -> dict[str, list[int]]:
+    from .serialize import base_signature, read_checkpoint, signature_of  # serialize's loaders use this module
+
+    if isinstance(source, (str, os.PathLike)):
+        state, structure, _ = read_checkpoint(source, "pt")
+        signature = signature_of(state)
+        signature = base_signature(signature, structure) if structure else signature
+    elif isinstance(source, dict):
+        signature = signature_of(source)
+    else:
+        signature = source
+    return {key: list(shape) for key, shape, _ in signature}
+
+
+def _bounded(m: nn.Module, q: str, shape: list[int], has_bias: bool) -> None:
+    """`ShrunkShapeError` unless ``shape`` (and the bias) is what shrinking ``m`` can give: same rank and kernel,
+    every channel count in [1, the layer's own], a bias kept (one may be added)."""
+    w = m.weight
+    what = f"layer {q!r} ({type(m).__name__})"
+    if len(shape) != w.dim() or (isinstance(m, _CONV) and shape[2:] != list(w.shape[2:])):
+        raise ShrunkShapeError(f"{what} has weight {list(w.shape)} but the file records {shape}: a shrunk layer "
+                         "only loses channels")
+    if isinstance(m, nn.Linear):
+        limits = [("out_features", shape[0], m.out_features), ("in_features", shape[1], m.in_features)]
+    elif isinstance(m, _NORM):
+        limits = [("num_features", shape[0], m.num_features)]
+    else:
+        depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
+        groups = shape[0] if depthwise else m.groups
+        limits = [("out_channels", shape[0], m.out_channels), ("in_channels", shape[1] * groups, m.in_channels)]
+    for name, got, most in limits:
+        if not 1 <= got <= most:
+            raise ShrunkShapeError(f"{what} has {most} {name} but the file records {got}: a shrunk layer is never "
+                             "larger than the model's")
+    if m.bias is not None and not has_bias:
+        raise ShrunkShapeError(f"{what} has a bias that the file does not record: shrinking never removes one")
+
+
+def resize_layers(root: nn.Module, shapes: dict[str, list[int]], bounded: bool = False) -> None:
+    """Replace every Conv/Linear/BatchNorm of ``root`` whose weight ``shapes`` records otherwise by one of that shape.
+
+    New layers are zeros, on the old one's device and dtype. With ``bounded``,
+    a recorded shape must be one shrinking the layer can give (`_bounded`:
+    no layer grows), else `ShrunkShapeError` naming the layer, before anything changes.
+    """
+    plan = []
+    for q, m in root.named_modules():
+        key = f"{q}.weight".lstrip(".")
+        if key not in shapes or not isinstance(m, RESIZABLE) or getattr(m, "weight", None) is None:
+            continue
+        shape = shapes[key]
+        has_bias = f"{q}.bias".lstrip(".") in shapes
+        if list(m.weight.shape) == shape and (m.bias is not None) == has_bias:
+            continue
+        if bounded:
+            _bounded(m, q, shape, has_bias)
+        plan.append((q, m, shape, has_bias))
+    for q, m, shape, has_bias in plan:
+        w = m.weight
+        kw = {"device": w.device, "dtype": w.dtype}
+        try:
+            if isinstance(m, nn.Linear):
+                new = type(m)(shape[1], shape[0], bias=has_bias, **kw)
+            elif isinstance(m, _NORM):
+                new = type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
+                              track_running_stats=m.track_running_stats, **kw)
+            else:
+                depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
+                groups = shape[0] if depthwise else m.groups
+                new = type(m)(shape[1] * groups, shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
+                              dilation=m.dilation, groups=groups, bias=has_bias, padding_mode=m.padding_mode, **kw)
+        except (ValueError, TypeError, IndexError, RuntimeError) as e:  # e.g. channels not divisible by groups
+            if not bounded:
+                raise
+            raise ShrunkShapeError(f"layer {q!r} ({type(m).__name__}) cannot take the recorded weight {shape} "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        new.train(m.training)
+        with torch.no_grad():
+            for p in new.parameters():
+                p.zero_()
+        parent, _, name = q.rpartition(".")
+        root.get_submodule(parent)._modules[name] = new
+
+
+def shrunk_like(model: nn.Module | MaseGraph, source) -> nn.Module | MaseGraph:
+    """``model`` (changed in place and returned) with every Conv/Linear/BatchNorm resized to ``source``'s shapes.
+
+    ``model``: an ``nn.Module`` or a `MaseGraph` (its ``.model`` is resized).
+    ``source``: a file written by `save_graph` (``pt`` or ``mz``), a state
+    dict, or a ``[[key, shape, dtype], ...]`` signature. New tensors are
+    zeros: load the file into the result. Layers the source does not list
+    are left alone. (A registry model's file loads by name without it: its
+    loaders do this themselves, see `registry_skeleton`.)
+    """
+    root = model.model if isinstance(model, MaseGraph) else model
+    resize_layers(root, _shapes(source))
+    return model
+
+
+def registry_skeleton(model_name: str, dataset_info: Any, signature: list[list]) -> nn.Module:
+    """The registry model ``model_name`` on the **meta** device, shrunk to the dense ``signature`` (no memory).
+
+    Every resized layer must be one shrinking can give (`resize_layers` with
+    ``bounded``: `ShrunkShapeError` naming the layer otherwise); the caller compares
+    the result with the file, then builds the real one with `materialize`.
+    Errors building the model itself propagate as they are.
+    """
+    with torch.device("meta"):
+        probe = get_model(model_name, dataset_info)
+    resize_layers(probe, {key: list(shape) for key, shape, _ in signature}, bounded=True)
+    return probe
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """A meta-device model made real on the CPU, every tensor zero (the caller loads a state dict into it).
+
+    Only the model's own (shrunk) sizes are allocated, never the registry's.
+    """
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            t.zero_()
+    return model
