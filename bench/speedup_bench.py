@@ -28,7 +28,7 @@ For each model (VGG7, ResNet-18 from machop's registry) and channel sparsity:
 3. **dense**: the model before pruning.
 
 All three start from the same dense model trained for ``--pretrain-epochs``
-(1) epoch on a ``colored_fashion_mnist`` slice (``--train-images``, 2,000),
+(3) epochs on a ``colored_fashion_mnist`` slice (``--train-images``, 2,000),
 and both pruned models are fine-tuned with the same plain loop, the same
 batches in the same order, the same optimizer (Adam, ``--lr`` 1e-3, batch 64)
 for ``--finetune-epochs`` (1). Accuracy is on the first ``--test-images``
@@ -573,7 +573,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-images", type=int, default=None, help="training slice (default 2000; --quick: 128)")
     p.add_argument("--test-images", type=int, default=None, help="test slice (default 1000; --quick: 128)")
     p.add_argument("--train-batch", type=int, default=64)
-    p.add_argument("--pretrain-epochs", type=int, default=1)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per side (default 3; --quick: 1)")

@@ -262,12 +262,12 @@ def _only_norm_after(node, modules: dict[str, nn.Module], a: Analysis) -> str | 
 
 def _shrink_layer(m: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor, depthwise: bool,
                   bias_add: torch.Tensor | None, weight_add: tuple[int, torch.Tensor] | None) -> nn.Module:
-    w0 = _stored(m, "weight").detach()
+    w0 = _stored(m, "weight")
     b0 = _stored(m, "bias")
     mask = get_mask(m, "weight")
     how = _mask_how(m)
     with torch.no_grad():
-        w = w0.clone()
+        w = w0.detach().clone()
         if weight_add is not None:
             c, add = weight_add
             eff = getattr(m, "weight").detach()

@@ -762,3 +762,19 @@ def test_a_batch_norm_absorbs_the_constants_of_a_bias_free_layer_it_alone_reads(
     graph, info = shrink_exactly(graph, PointwiseNet.example(5))
     assert graph.model.a.out_channels == 4 and graph.model.b.bias is None and info["biases_added"] == []
     assert not torch.equal(graph.model.bn_b.running_mean, before)  # it took the constants
+
+
+def test_shrunk_layers_keep_training_every_weight():
+    graph = _registry("vgg7")
+    grads = {q: p.requires_grad for q, p in graph.model.named_parameters()}
+    assert all(grads.values())
+    graph, _ = PASSES["prune"](graph, _channelwise(0.5))
+    graph, info = PASSES["shrink"](graph, {})
+    assert info["layers"] and all(p.requires_grad for p in graph.model.parameters())
+    before = {q: p.detach().clone() for q, p in graph.model.named_parameters()}
+    opt = torch.optim.SGD(graph.model.parameters(), lr=0.1)
+    graph.model.train()
+    F.cross_entropy(graph.model(graph.dummy_input), torch.tensor([0, 1])).backward()
+    opt.step()
+    moved = {q for q, p in graph.model.named_parameters() if not torch.equal(p, before[q])}
+    assert {q for q in before if q.endswith("weight.original") or q.endswith(".weight")} <= moved
