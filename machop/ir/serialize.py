@@ -62,7 +62,7 @@ from machop.nn import has_tensor, is_rebuildable, rebuild, spec_of, stored, tied
 from machop.nn.rebuild import short
 
 from .graph import MaseGraph, PassContext
-from .skeleton import ShrunkShapeError, materialize, registry_skeleton
+from .skeleton import ShrunkShapeError, materialize, registry_skeleton, resize_layers
 
 logger = logging.getLogger(__name__)
 
@@ -732,3 +732,30 @@ def apply_structure(graph: MaseGraph, structure: dict, state: dict[str, torch.Te
     for module, tensor, chain in sites:
         for p in chain:
             parametrize.register_parametrization(module, tensor, p, unsafe=True)
+
+
+def _shapes(source) -> dict[str, list[int]]:
+    if isinstance(source, (str, os.PathLike)):
+        state, structure, _ = read_checkpoint(source, "pt")
+        signature = signature_of(state)
+        signature = base_signature(signature, structure) if structure else signature
+    elif isinstance(source, dict):
+        signature = signature_of(source)
+    else:
+        signature = source
+    return {key: list(shape) for key, shape, _ in signature}
+
+
+def shrunk_like(model: nn.Module | MaseGraph, source) -> nn.Module | MaseGraph:
+    """``model`` (changed in place and returned) with every Conv/Linear/BatchNorm resized to ``source``'s shapes.
+
+    ``model``: an ``nn.Module`` or a `MaseGraph` (its ``.model`` is resized).
+    ``source``: a file written by `save_graph` (``pt`` or ``mz``), a state
+    dict, or a ``[[key, shape, dtype], ...]`` signature. New tensors are
+    zeros: load the file into the result. Layers the source does not list
+    are left alone. (A registry model's file loads by name without it: its
+    loaders do this themselves, see `registry_skeleton`.)
+    """
+    root = model.model if isinstance(model, MaseGraph) else model
+    resize_layers(root, _shapes(source))
+    return model

@@ -7,21 +7,18 @@ registry name. A file holds no code, so a loader builds the registry model
 and resizes those layers to the shapes of the file's tensors
 (`registry_skeleton`: on the meta device, every layer at most its registry
 size, then compared with the file as strictly as any registry file) before
-the usual architecture check and load. `shrunk_like` does the resizing for
-any model (yours included) and a file, state dict or signature.
+the usual architecture check and load. `resize_layers` does the resizing
+for any model (yours included: `machop.ir.serialize.shrunk_like`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch import nn
 
 from machop.models import get_model
-
-from .graph import MaseGraph
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -31,20 +28,6 @@ RESIZABLE = (*_CONV, nn.Linear, *_NORM)
 
 class ShrunkShapeError(ValueError):
     """A recorded shape that shrinking the layer cannot give (larger, another rank or kernel); one line."""
-
-
-def _shapes(source) -> dict[str, list[int]]:
-    from .serialize import base_signature, read_checkpoint, signature_of  # serialize's loaders use this module
-
-    if isinstance(source, (str, os.PathLike)):
-        state, structure, _ = read_checkpoint(source, "pt")
-        signature = signature_of(state)
-        signature = base_signature(signature, structure) if structure else signature
-    elif isinstance(source, dict):
-        signature = signature_of(source)
-    else:
-        signature = source
-    return {key: list(shape) for key, shape, _ in signature}
 
 
 def _bounded(m: nn.Module, q: str, shape: list[int], has_bias: bool) -> None:
@@ -115,21 +98,6 @@ def resize_layers(root: nn.Module, shapes: dict[str, list[int]], bounded: bool =
                 p.zero_()
         parent, _, name = q.rpartition(".")
         root.get_submodule(parent)._modules[name] = new
-
-
-def shrunk_like(model: nn.Module | MaseGraph, source) -> nn.Module | MaseGraph:
-    """``model`` (changed in place and returned) with every Conv/Linear/BatchNorm resized to ``source``'s shapes.
-
-    ``model``: an ``nn.Module`` or a `MaseGraph` (its ``.model`` is resized).
-    ``source``: a file written by `save_graph` (``pt`` or ``mz``), a state
-    dict, or a ``[[key, shape, dtype], ...]`` signature. New tensors are
-    zeros: load the file into the result. Layers the source does not list
-    are left alone. (A registry model's file loads by name without it: its
-    loaders do this themselves, see `registry_skeleton`.)
-    """
-    root = model.model if isinstance(model, MaseGraph) else model
-    resize_layers(root, _shapes(source))
-    return model
 
 
 def registry_skeleton(model_name: str, dataset_info: Any, signature: list[list]) -> nn.Module:

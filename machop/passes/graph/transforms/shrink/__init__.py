@@ -79,11 +79,11 @@ registry model's (``load_graph(path)``, ``load_compressed(path)``, ``./ch test
 --load``, ``load_name``): the loader builds the registry model, resizes its
 Conv/Linear/BatchNorm layers to the shapes the file records (none may be
 larger than the registry's), checks the architecture and loads. For your own
-model, `shrunk_like` (`machop.ir.skeleton`) builds that skeleton:
+model, `shrunk_like` (`machop.ir.serialize`) builds that skeleton:
 ``load_graph(path, model=shrunk_like(MyNet(), path))``.
 """
 
-from machop.ir.skeleton import shrunk_like
+from machop.ir.serialize import shrunk_like
 
 from .shrink import ShrinkArgs, check_shrink_args, parse_shrink_args, shrink_transform_pass
 

@@ -6,7 +6,6 @@ pruned channel's constant output is not zero) on small inputs, eval mode.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,14 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from machop.config import ConfigError
+from machop.cli import main
+from machop.config import ConfigError, TrainSettings
 from machop.datasets import get_dataset_info
-from machop.ir import MaseGraph, load_graph, save_graph
+from machop.ir import ArchitectureMismatch, MaseGraph, load_graph, save_graph
+from machop.ir.serialize import load_model
 from machop.models import get_model
 from machop.nn import get_mask
 from machop.passes.graph import PASSES, REGISTRY
+from machop.passes.graph.transforms.huffman import load_compressed
+from machop.passes.graph.transforms.huffman.format import pack_container, unpack_container
 from machop.passes.graph.transforms.shrink import shrunk_like
+from machop.training import DataLoaders
 from zoo.models import MLP, Conv1dNet, ConvTransposeAE, DepthwiseNet, ResBlockNet, TinyTransformer
 
 DATA = {"lenet5": "fashion_mnist", "vgg7": "cifar10", "resnet18": "cifar10"}
@@ -333,10 +338,7 @@ def test_shrunk_registry_model_through_quantize_huffman_and_files(tmp_path):
 
 
 def test_shrunk_user_model_round_trips_and_trains(tmp_path):
-    from torch.utils.data import DataLoader, TensorDataset
 
-    from machop.config import TrainSettings
-    from machop.training import DataLoaders
 
     graph = _user(ConcatNet)
     x = ConcatNet.example(3)
@@ -473,7 +475,6 @@ def _structure(path) -> dict:
 
 @pytest.mark.parametrize("load_type", ["pt", "mz"])
 def test_shrunk_registry_model_files_load_by_name(tmp_path, load_type):
-    from machop.ir.serialize import load_model
 
     graph, x = _shrunk_lenet5()
     expected = _outputs(graph, x)
@@ -501,7 +502,6 @@ def test_shrunk_registry_model_files_load_by_name(tmp_path, load_type):
 
 
 def test_shrunk_file_is_checked_as_strictly_as_any(tmp_path):
-    from machop.ir import ArchitectureMismatch
 
     graph, _ = _shrunk_lenet5()
     path = save_graph(graph, tmp_path / "shrunk.pt", "pt")
@@ -551,8 +551,6 @@ def test_shrunk_file_is_checked_as_strictly_as_any(tmp_path):
 
 
 def test_shrunk_compressed_file_decodes_by_name_and_refuses_a_larger_layer(tmp_path):
-    from machop.passes.graph.transforms.huffman import load_compressed
-    from machop.passes.graph.transforms.huffman.format import pack_container, unpack_container
 
     graph, x = _shrunk_lenet5()
     graph, _ = PASSES["quantize"](graph, {"by": "type", "conv2d": {"config": {"name": "kmeans"}},
@@ -596,7 +594,6 @@ def test_shrunk_compressed_file_decodes_by_name_and_refuses_a_larger_layer(tmp_p
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
                     reason="apt-get install dataset-fashion-mnist")
 def test_ch_test_loads_a_shrunk_file_by_name(tmp_path, capsys, monkeypatch):
-    from machop.cli import main
 
     monkeypatch.delenv("MACHOP_DATA_DIR", raising=False)
     graph, _ = _shrunk_lenet5()
@@ -619,7 +616,6 @@ def test_ch_test_loads_a_shrunk_file_by_name(tmp_path, capsys, monkeypatch):
 def test_onnx_of_a_decoded_mchz_runs_in_onnxruntime_within_1e5_of_torch(tmp_path):
     """Must-show: shrink + k-means LeNet-5 → .mchz → decoded by name → ONNX → onnxruntime within 1e-5 of torch."""
     pytest.importorskip("onnxruntime")
-    from machop.passes.graph.transforms.huffman import load_compressed
 
     graph, x = _shrunk_lenet5()
     graph, _ = PASSES["quantize"](graph, {"by": "type", "conv2d": {"config": {"name": "kmeans"}},
