@@ -514,11 +514,7 @@ def base_graph(
     if signature is not None:
         want = base_signature(signature, structure) if structure else signature
         try:
-            if shrunk:
-                probe = registry_skeleton(model_name, dataset_info, want)
-            else:
-                with torch.device("meta"):
-                    probe = get_model(model_name, dataset_info)
+            probe = registry_skeleton(model_name, dataset_info, want if shrunk else None)
         except ShrunkShapeError as e:  # a layer the file claims larger than the registry's, or reshaped
             raise ArchitectureMismatch(f"{source} does not fit a shrunk {model_name}: {e}") from None
         except Exception as e:  # a dataset_info the model cannot be built for

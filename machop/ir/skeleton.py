@@ -20,10 +20,15 @@ from torch import nn
 
 from machop.models import get_model
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-RESIZABLE = (*_CONV, nn.Linear, *_NORM)
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+RESIZABLE = (*CONV, nn.Linear, *NORM)
 """The layer types a shrunk model's file may record smaller than its model's (the ones the shrink pass changes)."""
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    """A depthwise convolution: one group per channel, as many outputs as inputs (its channel c reads input c only)."""
+    return isinstance(m, CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
 class ShrunkShapeError(ValueError):
@@ -35,16 +40,15 @@ def _bounded(m: nn.Module, q: str, shape: list[int], has_bias: bool) -> None:
     every channel count in [1, the layer's own], a bias kept (one may be added)."""
     w = m.weight
     what = f"layer {q!r} ({type(m).__name__})"
-    if len(shape) != w.dim() or (isinstance(m, _CONV) and shape[2:] != list(w.shape[2:])):
+    if len(shape) != w.dim() or (isinstance(m, CONV) and shape[2:] != list(w.shape[2:])):
         raise ShrunkShapeError(f"{what} has weight {list(w.shape)} but the file records {shape}: a shrunk layer "
                          "only loses channels")
     if isinstance(m, nn.Linear):
         limits = [("out_features", shape[0], m.out_features), ("in_features", shape[1], m.in_features)]
-    elif isinstance(m, _NORM):
+    elif isinstance(m, NORM):
         limits = [("num_features", shape[0], m.num_features)]
     else:
-        depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
-        groups = shape[0] if depthwise else m.groups
+        groups = shape[0] if is_depthwise(m) else m.groups
         limits = [("out_channels", shape[0], m.out_channels), ("in_channels", shape[1] * groups, m.in_channels)]
     for name, got, most in limits:
         if not 1 <= got <= most:
@@ -79,12 +83,11 @@ def resize_layers(root: nn.Module, shapes: dict[str, list[int]], bounded: bool =
         try:
             if isinstance(m, nn.Linear):
                 new = type(m)(shape[1], shape[0], bias=has_bias, **kw)
-            elif isinstance(m, _NORM):
+            elif isinstance(m, NORM):
                 new = type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
                               track_running_stats=m.track_running_stats, **kw)
             else:
-                depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
-                groups = shape[0] if depthwise else m.groups
+                groups = shape[0] if is_depthwise(m) else m.groups
                 new = type(m)(shape[1] * groups, shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
                               dilation=m.dilation, groups=groups, bias=has_bias, padding_mode=m.padding_mode, **kw)
         except (ValueError, TypeError, IndexError, RuntimeError) as e:  # e.g. channels not divisible by groups
@@ -100,17 +103,19 @@ def resize_layers(root: nn.Module, shapes: dict[str, list[int]], bounded: bool =
         root.get_submodule(parent)._modules[name] = new
 
 
-def registry_skeleton(model_name: str, dataset_info: Any, signature: list[list]) -> nn.Module:
-    """The registry model ``model_name`` on the **meta** device, shrunk to the dense ``signature`` (no memory).
+def registry_skeleton(model_name: str, dataset_info: Any, shrunk_to: list[list] | None = None) -> nn.Module:
+    """The registry model ``model_name`` on the **meta** device (no memory), shrunk to the dense signature
+    ``shrunk_to`` when given.
 
     Every resized layer must be one shrinking can give (`resize_layers` with
     ``bounded``: `ShrunkShapeError` naming the layer otherwise); the caller compares
-    the result with the file, then builds the real one with `materialize`.
+    the result with the file, then builds the real one (`materialize`).
     Errors building the model itself propagate as they are.
     """
     with torch.device("meta"):
         probe = get_model(model_name, dataset_info)
-    resize_layers(probe, {key: list(shape) for key, shape, _ in signature}, bounded=True)
+    if shrunk_to is not None:
+        resize_layers(probe, {key: list(shape) for key, shape, _ in shrunk_to}, bounded=True)
     return probe
 
 

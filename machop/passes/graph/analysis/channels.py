@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from machop.ir import MaseGraph
+from machop.ir.skeleton import CONV, NORM, is_depthwise
 from machop.nn import ActivationPrune
 
 
@@ -55,13 +56,11 @@ class Vars:
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.reasons: dict[int, list[str]] = {}
-        self.origin: list[tuple[str, int] | None] = []  # (producer node, channel) a variable was created for
 
-    def new(self, n: int, reason: str | None = None, origin: str | None = None) -> list[int]:
+    def new(self, n: int, reason: str | None = None) -> list[int]:
         start = len(self.parent)
         ids = list(range(start, start + n))
         self.parent.extend(ids)
-        self.origin.extend((origin, i) if origin else None for i in range(n))
         if reason:
             for v in ids:
                 self.reasons[v] = [reason]
@@ -136,8 +135,6 @@ class Analysis:
     unfollowed: dict[str, str] = field(default_factory=dict)  # module qualname → why its node was not followed
 
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
          nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
          nn.LPPool1d, nn.LPPool2d)
@@ -261,11 +258,11 @@ class _Runner(fx.Interpreter):
                 indep |= ~m.channel_mask.cpu()
             self._record(self.a.masks, q, x.vars)
             return self.same(x, out, indep)
-        if isinstance(m, _CONV):
+        if isinstance(m, CONV):
             return self.conv(n, q, m, x, out)
         if isinstance(m, nn.Linear):
             return self.linear(n, q, m, x, out)
-        if isinstance(m, _NORM):
+        if isinstance(m, NORM):
             if x is None:
                 return None
             if x.dim != 1:
@@ -324,17 +321,17 @@ class _Runner(fx.Interpreter):
             indep = self._mixing(q, cin, x, cout)
             self.a.readers.append(Reader(n, q, n.args[0], list(x.vars)))
             self.a.inputs[q] = list(x.vars)
-            vs = self.a.vars.new(cout, origin=n.name)
+            vs = self.a.vars.new(cout)
             self.a.producers[q] = vs
             return Tracked(1, vs, indep, out)
         per_out = cout // groups
         indep = self._mixing(q, cin, x, cout, group_of=lambda o: o // per_out)
-        if groups == cin == cout:  # depthwise: channel c reads input channel c only
+        if is_depthwise(m):  # channel c reads input channel c only
             self.a.depthwise.add(q)
             self.a.producers[q] = list(x.vars)
             return Tracked(1, list(x.vars), indep, out)
         self.a.vars.pin(x.vars, f"read by grouped convolution {n.name} (groups={groups})")
-        vs = self.a.vars.new(cout, f"produced by grouped convolution {n.name} (groups={groups})", origin=n.name)
+        vs = self.a.vars.new(cout, f"produced by grouped convolution {n.name} (groups={groups})")
         self.a.producers[q] = vs
         return Tracked(1, vs, indep, out)
 
@@ -345,7 +342,7 @@ class _Runner(fx.Interpreter):
         indep = self._mixing(q, m.in_features, x, m.out_features)
         self.a.readers.append(Reader(n, q, n.args[0], list(x.vars)))
         self.a.inputs[q] = list(x.vars)
-        vs = self.a.vars.new(m.out_features, origin=n.name)
+        vs = self.a.vars.new(m.out_features)
         self.a.producers[q] = vs
         return Tracked(out.dim() - 1, vs, indep, out)
 
@@ -519,7 +516,7 @@ def effective_weights(gm: nn.Module) -> dict[str, torch.Tensor]:
     """Every convolution and Linear module's weight as the model computes with it (masks applied), on CPU."""
     out = {}
     for q, m in gm.named_modules():
-        if isinstance(m, (*_CONV, nn.Linear)) and ".parametrizations" not in f".{q}":
+        if isinstance(m, (*CONV, nn.Linear)) and ".parametrizations" not in f".{q}":
             with torch.no_grad():
                 out[q] = m.weight.detach().cpu()
     return out
@@ -548,19 +545,15 @@ def couplings(a: Analysis) -> list[Coupling]:
     for q, vs in a.producers.items():
         for c, v in enumerate(vs):
             by_root.setdefault(a.vars.find(v), []).append((q, c))
-    cluster = {q: q for q in a.producers}
-
-    def top(q: str) -> str:
-        while cluster[q] != q:
-            q = cluster[q]
-        return q
-
+    index = {q: i for i, q in enumerate(a.producers)}
+    clusters = Vars()  # over layers: two layers sharing a channel variable are one cluster
+    clusters.new(len(index))
     for members in by_root.values():
         for q, _ in members[1:]:
-            cluster[top(q)] = top(members[0][0])
-    layers: dict[str, list[str]] = {}
-    for q in a.producers:
-        layers.setdefault(top(q), []).append(q)
+            clusters.union(index[members[0][0]], index[q])
+    layers: dict[int, list[str]] = {}
+    for q, i in index.items():
+        layers.setdefault(clusters.find(i), []).append(q)
     out = []
     for qs in layers.values():
         if len(qs) > 1:

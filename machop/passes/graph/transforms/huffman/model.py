@@ -689,9 +689,12 @@ class _Decoder:
                     raise self.fail("the graph already holds masks or codebooks that differ from the file's; "
                                     "decode into a fresh model")
                 return self._fresh(graph), True
-            if hdr.shrunk and ctx_name is not None and not self._fits(graph.model):
+            try:
+                self._check_architecture(graph.model)
+            except CompressedFileError:
+                if not (hdr.shrunk and ctx_name is not None):
+                    raise
                 return self._fresh(graph), True  # the registry model, not (yet) shrunk as the file's
-            self._check_architecture(graph.model)
             return graph, True
         if model is not None:
             try:
@@ -708,13 +711,6 @@ class _Decoder:
         fresh.dummy_input = graph.dummy_input
         fresh.model.to(graph.device)
         return fresh
-
-    def _fits(self, model: nn.Module) -> bool:
-        try:
-            self._check_architecture(model)
-        except CompressedFileError:
-            return False
-        return True
 
     def _check_architecture(self, model: nn.Module) -> None:
         try:
@@ -752,11 +748,8 @@ class _Decoder:
         else:
             info = context.dataset_info
         try:
-            if hdr.shrunk:
-                meta = registry_skeleton(hdr.model_name, info, base_signature(hdr.signature, hdr.structure))
-            else:
-                with torch.device("meta"):
-                    meta = get_model(hdr.model_name, info)
+            shrunk_to = base_signature(hdr.signature, hdr.structure) if hdr.shrunk else None
+            meta = registry_skeleton(hdr.model_name, info, shrunk_to)
         except ShrunkShapeError as e:  # a layer the file claims larger than the registry's, or reshaped
             raise self.fail(f"the model does not match the file's shrunk {hdr.model_name}: {e}") from None
         except Exception as e:  # the registry model refuses this data set (e.g. images too small)

@@ -18,10 +18,10 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, from_dict, join, pass_path
 from machop.ir import MaseGraph
+from machop.ir.skeleton import CONV, NORM, RESIZABLE
 from machop.nn import ActivationPrune, WeightMask, apply_mask, chain, dense_parameter_count, get_mask, module_paths
+from machop.passes.graph.analysis.channels import Analysis, analyse, effective_weights, sample_inputs
 from machop.passes.graph.analysis.pruning import collect_pruning_info
-
-from machop.passes.graph.analysis.channels import _CONV, _NORM, Analysis, analyse, effective_weights, sample_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _layer_names(graph: MaseGraph) -> dict[str, str]:
     names: dict[str, str] = {}
     for n in graph.nodes:
         m = graph.module_of(n)
-        if isinstance(m, (*_CONV, nn.Linear, *_NORM)):
+        if isinstance(m, RESIZABLE):
             names[n.name] = str(n.target)
             for p in module_paths(str(n.target)):
                 names.setdefault(p, p)
@@ -193,7 +193,7 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
     carriers, approximate = [], []
     for rd in a.readers:
         m = modules[rd.qualname]
-        if not isinstance(m, _CONV) or not _zero_padded(m):
+        if not isinstance(m, CONV) or not _zero_padded(m):
             continue
         const, val = consts[rd.qualname]
         used = _used_columns(weights[rd.qualname])
@@ -228,7 +228,7 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
         if not gone:
             continue
         per_column = w[:, gone].reshape(w.shape[0], len(gone), -1) * val[gone].to(w)[None, :, None]
-        if isinstance(m, _CONV) and _zero_padded(m) and args.borders == "carrier":
+        if isinstance(m, CONV) and _zero_padded(m) and args.borders == "carrier":
             c = next(j for j, r in enumerate(rs) if r not in removed and const[j] and val[j] != 0)
             weight_add[rd.qualname] = (c, per_column.sum(dim=1).reshape(w.shape[0], *w.shape[2:]) / val[c])
         else:
@@ -249,7 +249,7 @@ def _only_norm_after(node, modules: dict[str, nn.Module], a: Analysis) -> str | 
     if len(node.users) != 1:
         return None
     (user,) = node.users
-    if user.op != "call_module" or not isinstance(modules[user.target], _NORM) or user.args[0] is not node:
+    if user.op != "call_module" or not isinstance(modules[user.target], NORM) or user.args[0] is not node:
         return None
     q = str(user.target)
     if a.calls.get(q, 0) != 1 or modules[q].running_mean is None:
