@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 
 from machop.config import TrainSettings
-from machop.nn import Weight, compressible_weights, kind_of
+from machop.nn import Weight, compressed_kind, compressible_weights, fold_foreign_parametrizations, uncompressed_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class MaseGraph:
         context: PassContext | None = None,
         concrete_args: dict[str, Any] | None = None,
     ):
+        folded = fold_foreign_parametrizations(model)
+        if folded:
+            logger.info("folded into plain weights (machop compresses the effective weight): %s", ", ".join(folded))
         if isinstance(model, fx.GraphModule):
             self.model = model
         else:
@@ -154,9 +157,21 @@ class MaseGraph:
         """Every ``call_module`` node calling the module ``qualname`` (several for a module used twice)."""
         return [n for n in self.nodes if n.op == "call_module" and n.target == qualname]
 
+    def direct_parameters(self) -> dict[str, str]:
+        """Qualified name of each parameter the graph reads itself (a ``get_attr`` node) → that node's name."""
+        params = {}
+        for n in self.nodes:
+            if n.op == "get_attr":
+                params.setdefault(str(n.target), n.name)
+        return params
+
     def weights(self) -> list[Weight]:
         """Every compressible weight of the model, once each (see `machop.nn.compressible_weights`)."""
-        return compressible_weights(self.model, self.node_names())
+        return compressible_weights(self.model, self.node_names(), self.direct_parameters())
+
+    def uncompressed(self) -> list[dict]:
+        """Floating parameters of two or more dimensions that no pass compresses, with the reason."""
+        return uncompressed_parameters(self.model, self.weights())
 
     def output_layers(self) -> set[str]:
         """Names of the layer nodes that produce the model's output.
@@ -176,7 +191,7 @@ class MaseGraph:
                 continue
             seen.add(node)
             module = self.module_of(node)
-            if module is not None and kind_of(module) is not None:
+            if module is not None and compressed_kind(module) is not None:
                 found.add(node.name)
                 continue
             stack.extend(node.all_input_nodes)

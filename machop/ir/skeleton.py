@@ -19,16 +19,7 @@ import torch
 from torch import nn
 
 from machop.models import get_model
-
-CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-RESIZABLE = (*CONV, nn.Linear, *NORM)
-"""The layer types a shrunk model's file may record smaller than its model's (the ones the shrink pass changes)."""
-
-
-def is_depthwise(m: nn.Module) -> bool:
-    """A depthwise convolution: one group per channel, as many outputs as inputs (its channel c reads input c only)."""
-    return isinstance(m, CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+from machop.nn import channels, kind_of, recorded_channels, resizable, sliced
 
 
 class ShrunkShapeError(ValueError):
@@ -39,36 +30,35 @@ def _bounded(m: nn.Module, q: str, shape: list[int], has_bias: bool) -> None:
     """`ShrunkShapeError` unless ``shape`` (and the bias) is what shrinking ``m`` can give: same rank and kernel,
     every channel count in [1, the layer's own], a bias kept (one may be added)."""
     w = m.weight
+    kind = kind_of(m)
     what = f"layer {q!r} ({type(m).__name__})"
-    if len(shape) != w.dim() or (isinstance(m, CONV) and shape[2:] != list(w.shape[2:])):
+    channel_dims = {kind.channel_dim, kind.in_dim} if kind.flow == "mix" else {0}
+    if len(shape) != w.dim() or any(shape[d] != w.shape[d] for d in range(w.dim()) if d not in channel_dims):
         raise ShrunkShapeError(f"{what} has weight {list(w.shape)} but the file records {shape}: a shrunk layer "
-                         "only loses channels")
-    if isinstance(m, nn.Linear):
-        limits = [("out_features", shape[0], m.out_features), ("in_features", shape[1], m.in_features)]
-    elif isinstance(m, NORM):
-        limits = [("num_features", shape[0], m.num_features)]
-    else:
-        groups = shape[0] if is_depthwise(m) else m.groups
-        limits = [("out_channels", shape[0], m.out_channels), ("in_channels", shape[1] * groups, m.in_channels)]
-    for name, got, most in limits:
+                               "only loses channels")
+    out, cin = recorded_channels(m, shape)
+    has_out, has_in, _ = channels(m)
+    for name, got, most in zip(kind.channel_attrs, (out, cin), (has_out, has_in)):
         if not 1 <= got <= most:
             raise ShrunkShapeError(f"{what} has {most} {name} but the file records {got}: a shrunk layer is never "
-                             "larger than the model's")
+                                   "larger than the model's")
     if m.bias is not None and not has_bias:
         raise ShrunkShapeError(f"{what} has a bias that the file does not record: shrinking never removes one")
 
 
 def resize_layers(root: nn.Module, shapes: dict[str, list[int]], bounded: bool = False) -> None:
-    """Replace every Conv/Linear/BatchNorm of ``root`` whose weight ``shapes`` records otherwise by one of that shape.
+    """Replace every layer of ``root`` whose channels can be removed (`machop.nn.resizable`: convolutions, Linear,
+    batch norm) and whose weight ``shapes`` records otherwise by one of that shape.
 
-    New layers are zeros, on the old one's device and dtype. With ``bounded``,
-    a recorded shape must be one shrinking the layer can give (`_bounded`:
-    no layer grows), else `ShrunkShapeError` naming the layer, before anything changes.
+    New layers are zeros, on the old one's device and dtype, allocated at the
+    new size only. With ``bounded``, a recorded shape must be one shrinking
+    the layer can give (`_bounded`: no layer grows), else `ShrunkShapeError`
+    naming the layer, before anything changes.
     """
     plan = []
     for q, m in root.named_modules():
         key = f"{q}.weight".lstrip(".")
-        if key not in shapes or not isinstance(m, RESIZABLE) or getattr(m, "weight", None) is None:
+        if key not in shapes or not resizable(m):
             continue
         shape = shapes[key]
         has_bias = f"{q}.bias".lstrip(".") in shapes
@@ -76,29 +66,26 @@ def resize_layers(root: nn.Module, shapes: dict[str, list[int]], bounded: bool =
             continue
         if bounded:
             _bounded(m, q, shape, has_bias)
+        elif len(shape) != m.weight.dim():
+            raise ValueError(f"layer {q!r} ({type(m).__name__}) has weight {list(m.weight.shape)}, not {shape}")
         plan.append((q, m, shape, has_bias))
     for q, m, shape, has_bias in plan:
-        w = m.weight
-        kw = {"device": w.device, "dtype": w.dtype}
+        kind = kind_of(m)
         try:
-            if isinstance(m, nn.Linear):
-                new = type(m)(shape[1], shape[0], bias=has_bias, **kw)
-            elif isinstance(m, NORM):
-                new = type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
-                              track_running_stats=m.track_running_stats, **kw)
+            if kind.flow == "norm":
+                new = sliced(m, torch.arange(shape[0]), torch.arange(shape[0]))
             else:
-                groups = shape[0] if is_depthwise(m) else m.groups
-                new = type(m)(shape[1] * groups, shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
-                              dilation=m.dilation, groups=groups, bias=has_bias, padding_mode=m.padding_mode, **kw)
-        except (ValueError, TypeError, IndexError, RuntimeError) as e:  # e.g. channels not divisible by groups
+                new = sliced(m, torch.arange(shape[kind.channel_dim]), torch.arange(shape[kind.in_dim]), bias=has_bias)
+        except (ValueError, IndexError, RuntimeError) as e:  # e.g. channels not divisible by groups
             if not bounded:
                 raise
             raise ShrunkShapeError(f"layer {q!r} ({type(m).__name__}) cannot take the recorded weight {shape} "
-                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         new.train(m.training)
         with torch.no_grad():
-            for p in new.parameters():
-                p.zero_()
+            for t in (*new.parameters(), *new.buffers()):
+                if t.dim() > 0:
+                    t.zero_()
         parent, _, name = q.rpartition(".")
         root.get_submodule(parent)._modules[name] = new
 

@@ -6,8 +6,11 @@
   inserted in front of a layer;
 - `weight_codes` / `load_weight_codes`: a quantized weight as
   ``codebook[codes] * mask``, what the Huffman coder stores;
+- `LAYERS` (`layers`): the one registry of layer kinds: weights, channel
+  dimensions, slicing (`sliced`), MACs, and how every op passes channels;
 - `compressible_weights`: every weight of a model that machop compresses
-  (`KINDS`), each once, with every site a tied or reused weight lives at;
+  (`KINDS`, and parameters the graph uses directly), each once, with every
+  site a tied or reused weight lives at; `uncompressed_parameters`: the rest;
 - `kmeans_1d`: exact 1-D k-means, the clustering behind weight sharing;
 - `REBUILDABLE`: the classes a saved file may name.
 
@@ -23,17 +26,35 @@ from .masks import WeightMask, apply_mask, get_mask
 from .ranking import group_scores, lowest_k_mask, prune_count
 from .rebuild import REBUILDABLE, has_compression, is_rebuildable, rebuild, rebuildable, spec_of
 from .shared_weight import KMeansWeight, index_dtype
-from .weights import (
+from .layers import (
     KIND_NAMES,
     KINDS,
+    LAYERS,
+    PARAMETER,
     LayerKind,
+    channels,
+    compressed_kind,
+    flow_of,
+    function_flow,
+    is_depthwise,
+    kind_of,
+    macs,
+    method_flow,
+    module_flow,
+    reads_channels,
+    recorded_channels,
+    resizable,
+    sliced,
+    zero_padded,
+)
+from .weights import (
     Weight,
     bake,
     chain,
     compressible_weights,
     dense_parameter_count,
+    fold_foreign_parametrizations,
     has_tensor,
-    kind_of,
     module_paths,
     most_specific,
     nonzero_parameter_count,
@@ -41,13 +62,16 @@ from .weights import (
     stored,
     tensor_sites,
     tied_tensors,
+    uncompressed_parameters,
 )
 
 __all__ = [
-    "ActivationPrune", "Compact", "FLOAT_FORMATS", "FixedPoint", "KIND_NAMES", "KINDS", "KMeans1DResult", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
+    "ActivationPrune", "Compact", "FLOAT_FORMATS", "FixedPoint", "KIND_NAMES", "KINDS", "LAYERS", "PARAMETER", "KMeans1DResult", "KMeansWeight", "LayerKind", "MAX_FRAC_WIDTH",
     "MAX_WIDTH", "REBUILDABLE", "Weight", "WeightCodes", "WeightMask", "apply_mask", "bake", "chain",
     "compressible_weights", "dense_parameter_count", "fixed_point_codes", "fixed_point_grid", "fixed_point_range",
     "get_mask", "group_scores", "has_compression", "has_tensor", "index_dtype", "is_rebuildable", "kind_of", "kmeans_1d", "load_weight_codes", "nonzero_parameter_count",
     "lowest_k_mask", "module_paths", "most_specific", "prune_count", "quantize_fixed_point", "quantizer_of", "rebuild", "rebuildable", "register", "round_to", "SHORT_FLOATS",
-    "spec_of", "stored", "tensor_sites", "tied_tensors", "weight_codes",
+    "spec_of", "stored", "tensor_sites", "tied_tensors", "uncompressed_parameters", "fold_foreign_parametrizations", "weight_codes", "channels",
+    "compressed_kind", "flow_of", "function_flow", "is_depthwise", "macs", "method_flow", "module_flow",
+    "reads_channels", "recorded_channels", "resizable", "sliced", "zero_padded",
 ]

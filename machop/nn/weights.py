@@ -1,10 +1,13 @@
 """Every weight a user expects compressed, on any model: its kind, its name, and every place it lives.
 
-`KINDS` is the one table of layer types machop compresses. Each entry says
-which tensors of such a module are weights, and what its groups mean
-(output channels, kernels). Configs select kinds by these names
-(``conv2d``, ``linear``, ``mha``, ``lstm``, ...); the passes ask the table,
-never the module classes.
+Which tensors of a module are weights, and what their groups mean (output
+channels, kernels), is the layer registry's (`machop.nn.layers`). Configs
+select kinds by its names (``conv2d``, ``linear``, ``mha``, ``lstm``,
+``parameter``, ...). Besides the weights of known layers, every floating
+parameter of two or more dimensions that the graph uses directly
+(``F.linear(x, self.w)``, ``torch.einsum("...", x, self.w)``) is a weight of
+kind ``parameter``; `uncompressed_parameters` lists, with the reason, every
+other such parameter a model holds, so that nothing is skipped silently.
 
 `compressible_weights` lists each weight once, however often it is used: a
 parameter tied between modules (an embedding and its output projection) or
@@ -22,77 +25,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torch.nn.utils.spectral_norm import SpectralNorm, remove_spectral_norm
+from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
+
+from .layers import PARAMETER, LayerKind, compressed_kind
 from .rebuild import is_rebuildable
-
-
-def _weight(module: nn.Module) -> list[str]:
-    return ["weight"]
-
-
-def _attention(module: nn.Module) -> list[str]:
-    own = [n for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight") if has_tensor(module, n)]
-    return own + ["out_proj.weight"]
-
-
-def _recurrent(module: nn.Module) -> list[str]:
-    return [n for n in module._flat_weights_names if n.startswith("weight_")]
-
-
-@dataclass(frozen=True)
-class LayerKind:
-    """One layer type machop compresses.
-
-    Attributes:
-        name: the MASE-style op name configs use (``conv2d``, ``mha``, ...).
-        classes: the module classes of this kind (subclasses included).
-        weights: the names of the module's weight tensors (``"out_proj.weight"``
-            names a child's tensor the kind owns).
-        channel_dim: the weight dimension indexing output channels, or None
-            where channelwise pruning means nothing (embeddings, attention, RNNs).
-        kernels: True where ``weight[a, b]`` is a kernel (convolutions).
-        input_channel_dim: the channel dimension of the layer's input, for
-            activation pruning; None where the input is not prunable (token indices).
-        kmeans_bits: the default k-means code width (Deep Compression: 8 for
-            convolutions, 5 for the rest).
-        aliases: other names accepted for ``name``.
-    """
-
-    name: str
-    classes: tuple[type[nn.Module], ...]
-    weights: Callable[[nn.Module], list[str]] = _weight
-    channel_dim: int | None = None
-    kernels: bool = False
-    input_channel_dim: int | None = None
-    kmeans_bits: int = 5
-    aliases: tuple[str, ...] = ()
-
-
-def _conv(name: str, cls: type[nn.Module], channel_dim: int) -> LayerKind:
-    return LayerKind(name, (cls,), channel_dim=channel_dim, kernels=True, input_channel_dim=1, kmeans_bits=8)
-
-
-KINDS: tuple[LayerKind, ...] = (
-    LayerKind("linear", (nn.Linear,), channel_dim=0, input_channel_dim=-1),
-    _conv("conv1d", nn.Conv1d, 0),
-    _conv("conv2d", nn.Conv2d, 0),
-    _conv("conv3d", nn.Conv3d, 0),
-    _conv("convtranspose1d", nn.ConvTranspose1d, 1),
-    _conv("convtranspose2d", nn.ConvTranspose2d, 1),
-    _conv("convtranspose3d", nn.ConvTranspose3d, 1),
-    LayerKind("embedding", (nn.Embedding, nn.EmbeddingBag)),
-    LayerKind("mha", (nn.MultiheadAttention,), _attention, input_channel_dim=-1, aliases=("attention",)),
-    LayerKind("lstm", (nn.LSTM,), _recurrent, input_channel_dim=-1),
-    LayerKind("gru", (nn.GRU,), _recurrent, input_channel_dim=-1),
-    LayerKind("rnn", (nn.RNN,), _recurrent, input_channel_dim=-1),
-)
-
-KIND_NAMES: dict[str, LayerKind] = {n: k for k in KINDS for n in (k.name, *k.aliases)}
-"""Every name a config may use for a kind (aliases included) → the kind."""
-
-
-def kind_of(module: nn.Module) -> LayerKind | None:
-    """The kind of ``module``, or None if machop does not compress it."""
-    return next((k for k in KINDS if isinstance(module, k.classes)), None)
 
 
 # --------------------------------------------------------------------------- tensors and their sites
@@ -225,6 +162,8 @@ class Weight:
     @property
     def bias_name(self) -> str | None:
         """The bias that goes with this weight (``bias``, ``in_proj_bias``, ``bias_ih_l0``), if the module has one."""
+        if "weight" not in self.tensor_name:
+            return None
         name = self.tensor_name.replace("weight", "bias")
         return name if has_tensor(self.module, name) else None
 
@@ -238,36 +177,72 @@ class Weight:
         return names
 
 
-def compressible_weights(model: nn.Module, node_names: dict[str, str] | None = None) -> list[Weight]:
-    """Every weight of a kind in `KINDS`, once each, in module order.
+def compressible_weights(model: nn.Module, node_names: dict[str, str] | None = None,
+                         direct: dict[str, str] | None = None) -> list[Weight]:
+    """Every weight of a compressed kind (`machop.nn.layers.KINDS`), once each, in module order.
 
     ``node_names`` maps module qualnames to the fx node that calls them
-    (the first, for a module called several times).
+    (the first, for a module called several times). ``direct`` maps the
+    qualified names of parameters the graph reads itself (``get_attr``) to
+    the name of that node: each floating one of two or more dimensions that
+    no layer claims is a weight of kind ``parameter``, named by its node.
     """
     node_names = node_names or {}
     sites = tensor_sites(model)
     claimed: set[int] = set()
     out: list[Weight] = []
+
+    def add(owner_qualname: str, owner: nn.Module, tensor: str, kind: LayerKind, name: str, node: str | None) -> None:
+        key = id(stored(owner, tensor))
+        claimed.add(key)
+        group = sites.get(key, [(owner_qualname, owner, tensor)])
+        group = sorted(group, key=lambda s: s[1] is not owner or s[2] != tensor)  # owner first, stable
+        out.append(Weight(name, kind, group, node))
+
     for qualname, module in _own_modules(model):
-        kind = kind_of(module)
+        kind = compressed_kind(module)
         if kind is None:
             continue
         for path in kind.weights(module):
             owner_path, _, tensor = path.rpartition(".")
             owner = module.get_submodule(owner_path) if owner_path else module
-            if not has_tensor(owner, tensor):
+            if not has_tensor(owner, tensor) or id(stored(owner, tensor)) in claimed:  # absent, or tied to one listed
                 continue
-            key = id(stored(owner, tensor))
-            if key in claimed:  # tied to a weight listed already
-                continue
-            claimed.add(key)
             owner_qualname = f"{qualname}.{owner_path}".strip(".") if owner_path else qualname
-            group = sites.get(key, [(owner_qualname, owner, tensor)])
-            group = sorted(group, key=lambda s: s[1] is not owner or s[2] != tensor)  # owner first, stable
             node = node_names.get(owner_qualname)
             base = node if node is not None else owner_qualname
-            name = base if tensor == "weight" else f"{base}.{tensor}"
-            out.append(Weight(name, kind, group, node))
+            add(owner_qualname, owner, tensor, kind, base if tensor == "weight" else f"{base}.{tensor}", node)
+    for path, node in (direct or {}).items():
+        owner_qualname, _, tensor = path.rpartition(".")
+        owner = model.get_submodule(owner_qualname)
+        if not has_tensor(owner, tensor) or id(stored(owner, tensor)) in claimed:
+            continue
+        t = stored(owner, tensor)
+        if t.is_floating_point() and t.dim() >= 2:
+            add(owner_qualname, owner, tensor, PARAMETER, node, None)
+    return out
+
+
+def uncompressed_parameters(model: nn.Module, weights: list[Weight]) -> list[dict]:
+    """Every floating parameter of two or more dimensions that is none of ``weights``, with the reason.
+
+    ``[{"name": "block.scale", "shape": [4, 4], "reason": "..."}]``, each tensor once.
+    """
+    claimed = {id(w.stored()) for w in weights}
+    out = []
+    for group in tensor_sites(model).values():
+        qualname, module, name = group[0]
+        t = stored(module, name)
+        if id(t) in claimed or not t.is_floating_point() or t.dim() < 2:
+            continue
+        owner = type(module).__name__.removeprefix("Parametrized")
+        kind = compressed_kind(module)
+        if kind is not None:
+            reason = f"{name} of {owner} is not one of the weights machop compresses in a {kind.name} layer"
+        else:
+            reason = (f"held by {owner}, a module machop does not know, and not used by the traced graph directly "
+                      "(keep the module traced, not a leaf, or use its parameter in the graph)")
+        out.append({"name": f"{qualname}.{name}".lstrip("."), "shape": list(t.shape), "reason": reason})
     return out
 
 
@@ -289,6 +264,41 @@ def bake(weight: Weight) -> None:
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
     with torch.no_grad():
         weight.stored().copy_(value)
+
+
+def fold_foreign_parametrizations(model: nn.Module) -> list[str]:
+    """Bake every parametrization machop did not add (``weight_norm``, ``spectral_norm``, your own) into a plain tensor.
+
+    The tensor takes the value the model computes with in eval mode, so the
+    model's function is unchanged and every pass sees (and compresses) the
+    effective weight. Hook-based ``torch.nn.utils.weight_norm`` /
+    ``spectral_norm`` are folded likewise. Returns ``"qualname.tensor (what)"``
+    for each tensor folded.
+    """
+    folded = []
+    for qualname, module in list(model.named_modules()):
+        if ".parametrizations." in f".{qualname}." or is_rebuildable(module):
+            continue
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, (WeightNorm, SpectralNorm)):
+                (remove_weight_norm if isinstance(hook, WeightNorm) else remove_spectral_norm)(module, hook.name)
+                folded.append(f"{qualname}.{hook.name} ({type(hook).__name__})".lstrip("."))
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations.keys()):
+            foreign = [type(p).__name__ for p in module.parametrizations[name] if not is_rebuildable(p)]
+            if not foreign:
+                continue
+            if len(foreign) != len(module.parametrizations[name]):
+                raise ValueError(f"{qualname}.{name}: machop's parametrizations sit on top of "
+                                 f"{', '.join(foreign)}; fold those before compressing")
+            was_training = module.training
+            module.eval()
+            with torch.no_grad():
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            module.train(was_training)
+            folded.append(f"{qualname}.{name} ({', '.join(foreign)})".lstrip("."))
+    return folded
 
 
 def chain(module: nn.Module, name: str = "weight") -> list[nn.Module]:

@@ -37,17 +37,14 @@ scored and pruned together, so that shrink can remove what they prune).
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from machop.ir import MaseGraph
-from machop.ir.skeleton import CONV, NORM, is_depthwise
-from machop.nn import ActivationPrune
+from machop.nn import ActivationPrune, channels, flow_of, function_flow, is_depthwise, kind_of, method_flow, module_flow
 
 
 class Vars:
@@ -133,31 +130,6 @@ class Analysis:
     masks: dict[str, list[int]] = field(default_factory=dict)  # ActivationPrune qualname → channel vars
     calls: dict[str, int] = field(default_factory=dict)  # module qualname → number of call nodes
     unfollowed: dict[str, str] = field(default_factory=dict)  # module qualname → why its node was not followed
-
-
-_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-         nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-         nn.LPPool1d, nn.LPPool2d)
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-                nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout,
-                nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_ELEMENTWISE_FUNCTIONS = {
-    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardtanh, F.hardswish,
-    F.hardsigmoid, F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout1d, F.dropout2d,
-    F.dropout3d, torch.abs, torch.neg, torch.exp, torch.square, operator.neg,
-}
-_POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}
-_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "abs", "neg", "exp", "square",
-                        "detach", "float"}
-_BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
-                     torch.mul, torch.div, torch.maximum, torch.minimum}
-_BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
-_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
-_IGNORED_METHODS = {"size", "dim"}
 
 
 def _describe(n: fx.Node) -> str:
@@ -258,11 +230,10 @@ class _Runner(fx.Interpreter):
                 indep |= ~m.channel_mask.cpu()
             self._record(self.a.masks, q, x.vars)
             return self.same(x, out, indep)
-        if isinstance(m, CONV):
-            return self.conv(n, q, m, x, out)
-        if isinstance(m, nn.Linear):
-            return self.linear(n, q, m, x, out)
-        if isinstance(m, NORM):
+        flow = flow_of(m)
+        if flow == "mix":
+            return self.mix(n, q, m, x, out)
+        if flow == "norm":
             if x is None:
                 return None
             if x.dim != 1:
@@ -271,16 +242,15 @@ class _Runner(fx.Interpreter):
             return self.same(x, out)
         if x is None:
             return None if not isinstance(out, torch.Tensor) else self.opaque(n, out, _describe(n))
-        if isinstance(m, _ELEMENTWISE) or (isinstance(m, nn.PReLU) and m.num_parameters == 1):
+        op = module_flow(m)
+        if op == "through":
             return self.same(x, out)
-        if isinstance(m, _POOL):
+        if op == "pool":
             if x.dim != 1:
                 raise _Unfollowable("pooling over the tracked channel dimension")
             return self.same(x, out)
-        if isinstance(m, nn.Flatten):
+        if op == "flatten":
             return self.flatten(x, n.args[0], m.start_dim, m.end_dim, out)
-        if isinstance(m, nn.Sequential) and len(m) == 0:
-            return self.same(x, out)
         raise _Unfollowable(f"{type(m).__name__.removeprefix('Parametrized')} is not followed")
 
     def _record(self, table: dict[str, list[int]], q: str, vs: list[int]) -> None:
@@ -312,84 +282,75 @@ class _Runner(fx.Interpreter):
             self.a.vars.pin(self.a.producers[q] + self.a.inputs.get(q, []), reason)
             raise _Unfollowable(reason)
 
-    def conv(self, n: fx.Node, q: str, m: nn.Module, x: Tracked | None, out) -> Tracked:
-        if x is None or x.dim != 1:
+    def mix(self, n: fx.Node, q: str, m: nn.Module, x: Tracked | None, out) -> Tracked:
+        """A layer that reads input channels and writes new ones (a convolution, Linear; see `machop.nn.layers`)."""
+        if x is None or x.dim != kind_of(m).input_channel_dim % x.value.dim():
             raise _Unfollowable("its input channels are not followed")
         self._single_call(q)
-        groups, cin, cout = m.groups, m.in_channels, m.out_channels
+        cout, cin, groups = channels(m)
+        dim = kind_of(m).input_channel_dim % out.dim()
         if groups == 1:
             indep = self._mixing(q, cin, x, cout)
             self.a.readers.append(Reader(n, q, n.args[0], list(x.vars)))
             self.a.inputs[q] = list(x.vars)
             vs = self.a.vars.new(cout)
             self.a.producers[q] = vs
-            return Tracked(1, vs, indep, out)
+            return Tracked(dim, vs, indep, out)
         per_out = cout // groups
         indep = self._mixing(q, cin, x, cout, group_of=lambda o: o // per_out)
         if is_depthwise(m):  # channel c reads input channel c only
             self.a.depthwise.add(q)
             self.a.producers[q] = list(x.vars)
-            return Tracked(1, list(x.vars), indep, out)
+            return Tracked(dim, list(x.vars), indep, out)
         self.a.vars.pin(x.vars, f"read by grouped convolution {n.name} (groups={groups})")
         vs = self.a.vars.new(cout, f"produced by grouped convolution {n.name} (groups={groups})")
         self.a.producers[q] = vs
-        return Tracked(1, vs, indep, out)
-
-    def linear(self, n: fx.Node, q: str, m: nn.Linear, x: Tracked | None, out) -> Tracked:
-        if x is None or x.dim != x.value.dim() - 1:
-            raise _Unfollowable("its input features are not followed")
-        self._single_call(q)
-        indep = self._mixing(q, m.in_features, x, m.out_features)
-        self.a.readers.append(Reader(n, q, n.args[0], list(x.vars)))
-        self.a.inputs[q] = list(x.vars)
-        vs = self.a.vars.new(m.out_features)
-        self.a.producers[q] = vs
-        return Tracked(out.dim() - 1, vs, indep, out)
+        return Tracked(dim, vs, indep, out)
 
     # ------------------------------------------------------------------ functions and methods
     def on_function(self, n: fx.Node, out) -> Tracked | None:
-        f = n.target
+        flow = function_flow(n.target)
         x = self.t(n.args[0]) if n.args else None
-        if f is getattr:
+        if flow == "ignore":
             return None
-        if f in _ELEMENTWISE_FUNCTIONS and x is not None and len(_tensors_in((n.args[1:], n.kwargs))) == 0:
+        if flow == "through" and x is not None and len(_tensors_in((n.args[1:], n.kwargs))) == 0:
             return self.same(x, out)
-        if f in _POOL_FUNCTIONS and x is not None:
+        if flow == "pool" and x is not None:
             if x.dim != 1:
                 raise _Unfollowable("pooling over the tracked channel dimension")
             return self.same(x, out)
-        if f in _BINARY_FUNCTIONS:
+        if flow == "binary":
             return self.binary(n, out)
-        if f is torch.flatten and x is not None:
+        if flow == "flatten" and x is not None:
             start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0)
             end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1)
             return self.flatten(x, n.args[0], start, end, out)
-        if f in (torch.cat, torch.concat):
+        if flow == "cat":
             parts = n.args[0] if n.args else n.kwargs.get("tensors")
             dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
             return self.cat(list(parts), dim, out)
-        if f in _REDUCE_FUNCTIONS and x is not None:
+        if flow == "reduce" and x is not None:
             return self.reduce(n, x, out)
         raise _Unfollowable("not followed")
 
     def on_method(self, n: fx.Node, out) -> Tracked | None:
-        name = n.target
+        flow = method_flow(n.target)
         x = self.t(n.args[0]) if n.args else None
-        if name in _IGNORED_METHODS:
+        if flow == "ignore":
             return None
         if x is None:
             raise _Unfollowable("not followed")
-        if name in _ELEMENTWISE_METHODS and len(_tensors_in((n.args[1:], n.kwargs))) == 0:
+        if flow == "through" and len(_tensors_in((n.args[1:], n.kwargs))) == 0:
             return self.same(x, out)
-        if name in _BINARY_METHODS:
+        if flow == "binary":
             return self.binary(n, out)
-        if name == "flatten":
+        if flow == "flatten":
             start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0)
             end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1)
             return self.flatten(x, n.args[0], start, end, out)
-        if name in ("view", "reshape"):
+        if flow == "reshape":
             return self.reshape(n, x, out)
-        if name in _REDUCE_METHODS:
+        if flow == "reduce":
             return self.reduce(n, x, out)
         raise _Unfollowable("not followed")
 
@@ -513,10 +474,10 @@ def sample_inputs(graph: MaseGraph) -> tuple[torch.Tensor, ...]:
 
 
 def effective_weights(gm: nn.Module) -> dict[str, torch.Tensor]:
-    """Every convolution and Linear module's weight as the model computes with it (masks applied), on CPU."""
+    """Every channel-mixing layer's weight (convolutions, Linear) as the model computes with it (masks applied), on CPU."""
     out = {}
     for q, m in gm.named_modules():
-        if isinstance(m, (*CONV, nn.Linear)) and ".parametrizations" not in f".{q}":
+        if flow_of(m) == "mix" and ".parametrizations" not in f".{q}":
             with torch.no_grad():
                 out[q] = m.weight.detach().cpu()
     return out

@@ -36,7 +36,6 @@ import math
 
 import torch
 import torch.fx as fx
-from torch import nn
 
 from machop.config import ConfigError, NoOptions, from_dict, join, pass_path
 from machop.ir.graph import MaseGraph
@@ -48,6 +47,7 @@ from machop.nn import (
     chain,
     dense_parameter_count,
     get_mask,
+    macs,
     nonzero_parameter_count,
     prune_count,
 )
@@ -153,20 +153,6 @@ def _activation_entry(act: ActivationPrune, in_shape: tuple[int, ...] | None) ->
     return entry
 
 
-def _macs(module: nn.Module, shapes: tuple | None) -> int | None:
-    """Multiply-accumulates of one call of a convolution or Linear layer (batch 1); None for other kinds."""
-    if shapes is None:
-        return None
-    in_shape, out_shape = shapes
-    if isinstance(module, nn.Linear):
-        return math.prod(out_shape[1:]) * module.in_features
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return math.prod(in_shape[1:]) * (module.out_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return math.prod(out_shape[1:]) * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    return None
-
-
 def collect_pruning_info(graph: MaseGraph) -> dict:
     """``{"layers": {weight name: entry}, "totals": {...}}`` for every compressible weight (see module doc)."""
     weights = graph.weights()
@@ -195,7 +181,7 @@ def collect_pruning_info(graph: MaseGraph) -> dict:
             "params": weight.numel() + bias.numel(),
             "nonzero_params": nonzero_w + int(torch.count_nonzero(bias)),
         }
-        dense = _macs(w.module, shapes.get(node.name)) if node is not None else None
+        dense = macs(w.module, *shapes[node.name]) if node is not None and node.name in shapes else None
         input_density = 1.0 - entry["activation"]["achieved"] if entry["activation"] else 1.0
         entry["macs_dense"] = dense
         entry["macs_effective"] = None if dense is None else dense * (nonzero_w / weight.numel()) * input_density

@@ -6,9 +6,7 @@ for how channels are followed through the graph.
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,8 +16,22 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, from_dict, join, pass_path
 from machop.ir import MaseGraph
-from machop.ir.skeleton import CONV, NORM, RESIZABLE
-from machop.nn import ActivationPrune, WeightMask, apply_mask, chain, dense_parameter_count, get_mask, module_paths
+from machop.nn import (
+    ActivationPrune,
+    WeightMask,
+    apply_mask,
+    chain,
+    channels,
+    dense_parameter_count,
+    flow_of,
+    get_mask,
+    kind_of,
+    module_paths,
+    resizable,
+    sliced,
+    stored,
+    zero_padded,
+)
 from machop.passes.graph.analysis.channels import Analysis, analyse, effective_weights, sample_inputs
 from machop.passes.graph.analysis.pruning import collect_pruning_info
 
@@ -48,7 +60,7 @@ def _layer_names(graph: MaseGraph) -> dict[str, str]:
     names: dict[str, str] = {}
     for n in graph.nodes:
         m = graph.module_of(n)
-        if isinstance(m, RESIZABLE):
+        if m is not None and resizable(m):
             names[n.name] = str(n.target)
             for p in module_paths(str(n.target)):
                 names.setdefault(p, p)
@@ -80,42 +92,13 @@ def _refuse_quantized(graph: MaseGraph) -> None:
                          "already quantized (k-means codebook, fixed point or short floats): shrink before quantizing")
 
 
-def _zero_padded(m: nn.Module) -> bool:
-    """A convolution whose zero padding makes a constant input non-uniform at the borders."""
-    if m.padding_mode != "zeros":
-        return False
-    if isinstance(m.padding, str):
-        return m.padding == "same" and any(k > 1 for k in m.kernel_size)
-    return any(p > 0 for p in m.padding)
-
-
-def _plain_copy(m: nn.Module) -> nn.Module:
-    """A shallow copy of ``m`` as its plain class (parametrizations dropped), without parameters or buffers."""
-    cls = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
-    new = cls.__new__(cls)
-    state = {k: (copy.copy(v) if isinstance(v, (dict, set, list)) else v) for k, v in m.__dict__.items()}
-    state["_parameters"] = OrderedDict()
-    state["_buffers"] = OrderedDict()
-    state["_modules"] = OrderedDict((k, v) for k, v in m._modules.items() if k != "parametrizations")
-    new.__dict__.update(state)
-    return new
-
-
-def _param(value: torch.Tensor | None, like: torch.Tensor | None) -> nn.Parameter | None:
-    if value is None:
-        return None
-    return nn.Parameter(value.detach().clone().contiguous(), requires_grad=like.requires_grad if like is not None else True)
-
-
 def _replace(gm: nn.Module, qualname: str, new: nn.Module) -> None:
     parent, _, name = qualname.rpartition(".")
     gm.get_submodule(parent)._modules[name] = new
 
 
 def _stored(m: nn.Module, name: str) -> torch.Tensor | None:
-    if parametrize.is_parametrized(m, name):
-        return m.parametrizations[name].original
-    return m._parameters.get(name)
+    return stored(m, name) if m._parameters.get(name) is not None or parametrize.is_parametrized(m, name) else None
 
 
 def _mask_how(m: nn.Module) -> dict | None:
@@ -193,7 +176,7 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
     carriers, approximate = [], []
     for rd in a.readers:
         m = modules[rd.qualname]
-        if not isinstance(m, CONV) or not _zero_padded(m):
+        if not kind_of(m).kernels or not zero_padded(m):
             continue
         const, val = consts[rd.qualname]
         used = _used_columns(weights[rd.qualname])
@@ -228,7 +211,7 @@ def _decide(a: Analysis, weights: dict[str, torch.Tensor], modules: dict[str, nn
         if not gone:
             continue
         per_column = w[:, gone].reshape(w.shape[0], len(gone), -1) * val[gone].to(w)[None, :, None]
-        if isinstance(m, CONV) and _zero_padded(m) and args.borders == "carrier":
+        if kind_of(m).kernels and zero_padded(m) and args.borders == "carrier":
             c = next(j for j, r in enumerate(rs) if r not in removed and const[j] and val[j] != 0)
             weight_add[rd.qualname] = (c, per_column.sum(dim=1).reshape(w.shape[0], *w.shape[2:]) / val[c])
         else:
@@ -249,7 +232,7 @@ def _only_norm_after(node, modules: dict[str, nn.Module], a: Analysis) -> str | 
     if len(node.users) != 1:
         return None
     (user,) = node.users
-    if user.op != "call_module" or not isinstance(modules[user.target], NORM) or user.args[0] is not node:
+    if user.op != "call_module" or flow_of(modules[user.target]) != "norm" or user.args[0] is not node:
         return None
     q = str(user.target)
     if a.calls.get(q, 0) != 1 or modules[q].running_mean is None:
@@ -260,8 +243,9 @@ def _only_norm_after(node, modules: dict[str, nn.Module], a: Analysis) -> str | 
 # --------------------------------------------------------------------------- rewriting the modules
 
 
-def _shrink_layer(m: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor, depthwise: bool,
-                  bias_add: torch.Tensor | None, weight_add: tuple[int, torch.Tensor] | None) -> nn.Module:
+def _shrink_layer(m: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor, bias_add: torch.Tensor | None,
+                  weight_add: tuple[int, torch.Tensor] | None) -> nn.Module:
+    """``m`` without the output channels and input columns not kept, constants folded, its mask kept."""
     w0 = _stored(m, "weight")
     b0 = _stored(m, "bias")
     mask = get_mask(m, "weight")
@@ -280,40 +264,23 @@ def _shrink_layer(m: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor, d
             b = (b.double() if b is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
             b = b + bias_add.to(b.device)
             b = b.to(w.dtype)
-    out_idx = out_keep.nonzero().flatten().to(w.device)
-    in_idx = in_keep.nonzero().flatten().to(w.device)
-    w = w.index_select(0, out_idx)
-    if not depthwise:
-        w = w.index_select(1, in_idx)
+    out_idx = out_keep.nonzero().flatten()
+    in_idx = in_keep.nonzero().flatten()
+    new = sliced(m, out_idx, in_idx, weight=w, bias=b)
     if mask is not None:
-        mask = mask.index_select(0, out_idx)
-        if not depthwise:
-            mask = mask.index_select(1, in_idx)
-    new = _plain_copy(m)
-    new.register_parameter("weight", _param(w, w0))
-    new.register_parameter("bias", _param(b.index_select(0, out_idx) if b is not None else None, b0))
-    if isinstance(m, nn.Linear):
-        new.in_features, new.out_features = int(in_idx.numel()), int(out_idx.numel())
-    else:
-        new.out_channels = int(out_idx.numel())
-        new.in_channels = int(out_idx.numel()) if depthwise else int(in_idx.numel())
-        if depthwise:
-            new.groups = int(out_idx.numel())
-    if mask is not None:
+        kind = kind_of(m)
+        mask = mask.index_select(kind.channel_dim, out_idx.to(mask.device))
+        if mask.shape[kind.in_dim] != new.weight.shape[kind.in_dim]:  # not depthwise
+            mask = mask.index_select(kind.in_dim, in_idx.to(mask.device))
         apply_mask(new, mask, how=how)
     return new
 
 
 def _shrink_norm(m: nn.Module, keep: torch.Tensor, shift: torch.Tensor | None) -> nn.Module:
-    idx = keep.nonzero().flatten()
-    new = _plain_copy(m)
-    for name, p in m._parameters.items():
-        new._parameters[name] = _param(p.detach().index_select(0, idx.to(p.device)), p) if p is not None else None
-    for name, b in m._buffers.items():
-        if name == "running_mean" and shift is not None:
-            b = (b.double() - shift.to(b.device)).to(b.dtype)
-        new._buffers[name] = b if b is None or b.dim() == 0 else b.index_select(0, idx.to(b.device)).clone()
-    new.num_features = int(idx.numel())
+    new = sliced(m, keep.nonzero().flatten(), keep.nonzero().flatten())
+    if shift is not None:
+        b = new._buffers["running_mean"]
+        new._buffers["running_mean"] = (b.double() - shift[keep.to(shift.device)].to(b.device)).to(b.dtype)
     return new
 
 
@@ -366,25 +333,21 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     for q, out_vars in a.producers.items():
         m = modules[q]
         out_keep = keep_of(out_vars)
-        depthwise = q in a.depthwise
         in_vars = a.inputs.get(q)
-        in_keep = out_keep if depthwise else (keep_of(in_vars) if in_vars is not None else
-                                                torch.ones(m.weight.shape[1] * m.groups if not isinstance(m, nn.Linear)
-                                                           else m.in_features, dtype=torch.bool))
-        if isinstance(m, nn.Linear):
-            before = (m.in_features, m.out_features)
-        else:
-            before = (m.in_channels, m.out_channels)
+        cout, cin, groups = channels(m)
+        in_keep = out_keep if q in a.depthwise else (keep_of(in_vars) if in_vars is not None else
+                                                       torch.ones(cin // groups, dtype=torch.bool))
+        before = (cin, cout)
         bias_add, weight_add = plan.bias_add.get(q), plan.weight_add.get(q)
         if bool(out_keep.all()) and bool(in_keep.all()) and bias_add is None and weight_add is None:
             continue
         if bias_add is not None and _stored(m, "bias") is None and bool(bias_add[out_keep.to(bias_add.device)].ne(0).any()):
             biases_added.append(node_of.get(q, q))
-        new = _shrink_layer(m, out_keep, in_keep, depthwise, bias_add, weight_add)
+        new = _shrink_layer(m, out_keep, in_keep, bias_add, weight_add)
         if bias_add is not None and not bool(new.bias.ne(0).any()) and _stored(m, "bias") is None:
             new.register_parameter("bias", None)  # nothing to add after all
         _replace(gm, q, new)
-        after = (new.in_features, new.out_features) if isinstance(new, nn.Linear) else (new.in_channels, new.out_channels)
+        after = channels(new)[1::-1]
         layers.append({"name": node_of.get(q, q), "module": q, "in_channels": [before[0], after[0]],
                        "out_channels": [before[1], after[1]], "params": [_params(m), _params(new)]})
     for q, vs in a.norms.items():
