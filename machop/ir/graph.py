@@ -10,9 +10,10 @@ from typing import Any, Iterator
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils import parametrize
 
 from machop.config import TrainSettings
-from machop.nn import Weight, compressed_kind, compressible_weights, fold_foreign_parametrizations, uncompressed_parameters
+from machop.nn import Weight, compressed_kind, flow_of, compressible_weights, fold_foreign_parametrizations, uncompressed_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,13 @@ class MaseGraph:
         """The module a ``call_module`` node calls, else None."""
         return self.model.get_submodule(node.target) if node.op == "call_module" else None
 
-    def layer_nodes(self, types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> list[fx.Node]:
-        """``call_module`` nodes whose module is one of ``types``, in graph order."""
-        return [n for n in self.nodes if n.op == "call_module" and isinstance(self.module_of(n), types)]
+    def layer_nodes(self, types: tuple[type[nn.Module], ...] | None = None) -> list[fx.Node]:
+        """``call_module`` nodes of layers that mix channels (convolutions, Linear: `machop.nn.flow_of`), or whose
+        module is one of ``types``, in graph order."""
+        def wanted(m: nn.Module) -> bool:
+            return flow_of(m) == "mix" if types is None else isinstance(m, types)
+
+        return [n for n in self.nodes if n.op == "call_module" and wanted(self.module_of(n))]
 
     @property
     def dummy_inputs(self) -> tuple[torch.Tensor, ...] | None:
@@ -225,6 +230,10 @@ class MaseGraph:
 
     def recompile(self) -> None:
         self.fx_graph.lint()
+        cls = type(self.model)
+        if parametrize.is_parametrized(self.model) and "_wrapped_call" not in vars(cls):
+            # a parametrized root is a subclass; fx would wrap its call around the base's, which calls back into it
+            cls._wrapped_call = cls.__bases__[0]._wrapped_call
         self.model.recompile()
 
     def __call__(self, *args, **kwargs):

@@ -293,9 +293,8 @@ def fold_foreign_parametrizations(model: nn.Module) -> list[str]:
                 raise ValueError(f"{qualname}.{name}: machop's parametrizations sit on top of "
                                  f"{', '.join(foreign)}; fold those before compressing")
             was_training = module.training
-            module.eval()
-            with torch.no_grad():
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            module.eval()  # (not under no_grad: the value would come back as a buffer, not a parameter)
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
             module.train(was_training)
             folded.append(f"{qualname}.{name} ({', '.join(foreign)})".lstrip("."))
     return folded

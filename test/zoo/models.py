@@ -232,8 +232,162 @@ class SmallCNN(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
 
 
+class ShrinkCNN(nn.Module):
+    """conv-bn-relu-conv-linear on 1x8x8 inputs, to shrink: its width and kernel size are arguments (not in ZOO)."""
+
+    WEIGHTS = ["conv1", "conv2", "fc"]
+
+    def __init__(self, width: int = 8, kernel: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, kernel, padding=kernel // 2)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, kernel, padding=kernel // 2)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(width * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
+
+
+class FunctionalNet(nn.Module):
+    """Its own parameters, used through the functional API (no layer modules)."""
+
+    WEIGHTS = ["conv_w", "fc_w", "out_w"]
+
+    def __init__(self):
+        super().__init__()
+        self.conv_w, self.conv_b = nn.Parameter(torch.randn(6, 3, 3, 3) * 0.3), nn.Parameter(torch.zeros(6))
+        self.fc_w, self.fc_b = nn.Parameter(torch.randn(16, 6) * 0.3), nn.Parameter(torch.zeros(16))
+        self.out_w = nn.Parameter(torch.randn(4, 16) * 0.3)
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.conv_w, self.conv_b, padding=1)).mean(dim=(2, 3))
+        return F.linear(F.relu(F.linear(x, self.fc_w, self.fc_b)), self.out_w)
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 3, 8, 8)
+
+
+class BilinearNet(nn.Module):
+    """Two views of the input combined by an `nn.Bilinear`."""
+
+    WEIGHTS = ["a", "b", "bil", "head"]
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 8), nn.Linear(10, 6)
+        self.bil = nn.Bilinear(8, 6, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.bil(torch.relu(self.a(x)), torch.relu(self.b(x)))))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 10)
+
+
+class EinsumNet(nn.Module):
+    """A 3-D parameter contracted with `torch.einsum` (a per-head projection), then a Linear layer."""
+
+    WEIGHTS = ["fc", "proj"]
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(3, 8, 4) * 0.3)  # heads x in x out
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(torch.einsum("bi,hio->bho", x, self.proj).flatten(1))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 8)
+
+
+class WeightNormNet(nn.Module):
+    """Weight-normalised layers (`torch.nn.utils.parametrizations.weight_norm`)."""
+
+    WEIGHTS = ["conv", "fc"]
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(2, 6, 3))
+        self.fc = nn.utils.parametrizations.weight_norm(nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).amax(dim=(2, 3)))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 2, 6, 6)
+
+
+class SpectralNormNet(nn.Module):
+    """A GAN-discriminator-like net with spectral-normalised layers (`parametrizations.spectral_norm`)."""
+
+    WEIGHTS = ["conv", "fc"]
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.utils.parametrizations.spectral_norm(nn.Conv2d(1, 4, 3, stride=2))
+        self.fc = nn.utils.parametrizations.spectral_norm(nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.fc(F.leaky_relu(self.conv(x), 0.2).flatten(1))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 1, 6, 6)
+
+
+class Float64CNN(nn.Module):
+    """A double-precision CNN (scientific code)."""
+
+    WEIGHTS = ["conv", "fc"]
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+        self.double()
+
+    def forward(self, x):
+        return self.fc(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 1, 8, 8, dtype=torch.float64)
+
+
+class BFloat16MLP(nn.Module):
+    """An MLP kept in bfloat16."""
+
+    WEIGHTS = ["fc1", "fc2"]
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 24), nn.Linear(24, 4)
+        self.to(torch.bfloat16)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+    @staticmethod
+    def example(batch: int = 4) -> torch.Tensor:
+        return torch.randn(batch, 12).to(torch.bfloat16)
+
+
 ZOO: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (
     MLP, ResBlockNet, DepthwiseNet, Conv1dNet, Conv3dNet, TinyTransformer, LSTMNet, AttentionGRU, ConvTransposeAE,
-    TiedEmbedding, CalledTwice,
+    TiedEmbedding, CalledTwice, FunctionalNet, BilinearNet, EinsumNet, WeightNormNet, SpectralNormNet, Float64CNN,
+    BFloat16MLP,
 )}
 

@@ -521,3 +521,30 @@ def couplings(a: Analysis) -> list[Coupling]:
             roots = dict.fromkeys(a.vars.find(v) for q in qs for v in a.producers[q])
             out.append(Coupling(qs, [by_root[r] for r in roots]))
     return out
+
+
+def reader_weights(a: Analysis, weights: dict[str, torch.Tensor], q: str) -> torch.Tensor | None:
+    """``(C, S)``: per output channel of layer ``q``, every weight downstream that reads it, or None.
+
+    A channel is read at every reader column carrying its channel variable
+    (after BatchNorm, activations, pooling, residual adds, flatten, ...).
+    None when the layer's channels are not followed or are pinned (they
+    reach the model output or an op the analysis does not understand), when
+    nothing reads them, or when a reader reads its channels unevenly.
+    ``weights``: the effective weights the analysis ran with.
+    """
+    vs = a.producers.get(q)
+    if vs is None or any(a.vars.pinned(v) for v in vs):
+        return None
+    roots = [a.vars.find(v) for v in vs]
+    slices = []
+    for rd in a.readers:
+        columns = [[j for j, v in enumerate(rd.vars) if a.vars.find(v) == r] for r in roots]
+        if not any(columns):
+            continue
+        if len({len(c) for c in columns}) != 1:
+            return None
+        w = weights[rd.qualname].movedim(1, 0)  # (input columns, out, kernel...)
+        index = torch.tensor(columns, dtype=torch.long)
+        slices.append(w[index].reshape(len(vs), -1))
+    return torch.cat(slices, dim=1) if slices else None

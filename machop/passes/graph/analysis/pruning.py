@@ -26,7 +26,9 @@ has a node writes to ``graph.meta(node)["software"]["prune"]``:
 
 ``totals`` sums the weights and also counts every parameter of the model
 (``model_params``, ``model_nonzero_params``, ``model_sparsity``): biases,
-batch norm and every other tensor, each tied tensor once.
+batch norm and every other tensor, each tied tensor once. ``uncompressed``
+lists every floating parameter of two or more dimensions that is not a
+compressible weight, with the reason (`MaseGraph.uncompressed`).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def _activation_entry(act: ActivationPrune, in_shape: tuple[int, ...] | None) ->
 
 
 def collect_pruning_info(graph: MaseGraph) -> dict:
-    """``{"layers": {weight name: entry}, "totals": {...}}`` for every compressible weight (see module doc)."""
+    """``{"layers": {weight name: entry}, "totals": {...}, "uncompressed": [...]}`` (see module doc)."""
     weights = graph.weights()
     nodes = {n.name: n for n in graph.nodes}
     layer_nodes = [nodes[w.node] for w in weights if w.node is not None]
@@ -199,7 +201,7 @@ def collect_pruning_info(graph: MaseGraph) -> dict:
     totals["model_sparsity"] = (
         1.0 - totals["model_nonzero_params"] / totals["model_params"] if totals["model_params"] else 0.0
     )
-    return {"layers": layers, "totals": totals}
+    return {"layers": layers, "totals": totals, "uncompressed": graph.uncompressed()}
 
 
 def add_pruning_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
