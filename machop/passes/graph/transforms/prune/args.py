@@ -68,6 +68,7 @@ from machop.config import ConfigError, TrainSettings, check_range, from_dict, jo
 
 from machop.nn import KIND_NAMES
 from machop.passes.graph.analysis.allocation import PruneTarget
+from machop.training import step_settings
 
 from .activation_methods import ACTIVATION_METHODS
 from .weight_methods import WEIGHT_METHODS
@@ -199,8 +200,7 @@ class GradualArgs:
 
     def settings(self, base: TrainSettings, path: str = "passes.prune.gradual") -> TrainSettings:
         """``base`` with the ``trainer`` table, then the ``training`` table, applied."""
-        s = base.override(self.trainer, TrainSettings.TRAINER_KEYS, join(path, "trainer"))
-        return s.override(self.training, TrainSettings.TRAINING_KEYS, join(path, "training"))
+        return step_settings(base, self.trainer, self.training, path)
 
     def check_fits(self, s: TrainSettings, path: str) -> None:
         """ConfigError unless the ramp ends within ``s.max_epochs`` (and ``s.max_steps``, where that can be told

@@ -15,8 +15,8 @@ on the cubic schedule
 training then goes on at it until ``max_epochs``. Before ``t_0`` the model
 trains dense.
 
-Each update is the one-shot pass's own weight pruning (`prune._prune_weights`,
-handed in): scores on the effective weights with the configured method
+Each update is the one-shot pass's own weight pruning (`weights.prune_weights`):
+scores on the effective weights with the configured method
 and scope, the new mask ANDed into the existing one, so masks only grow
 and a mask from an earlier step is kept. The `WeightMask` parametrizations
 are registered (all ones) before training starts: torch's parametrize
@@ -53,10 +53,12 @@ import torch
 from machop.config import ConfigError, join
 from machop.ir.graph import MaseGraph
 from machop.ir.serialize import describe_structure
-from machop.nn import apply_mask, get_mask
-from machop.training import batch_size_set, evaluate, fit
+from machop.nn import apply_mask
+from machop.training import check_accelerator, train_step
 
 from .args import DEFAULT_UPDATES, GradualArgs, WeightPruneArgs
+from .targets import Target, active
+from .weights import prune_weights, pruned_weights
 
 logger = logging.getLogger(__name__)
 
@@ -180,67 +182,70 @@ class GradualPruning(pl.Callback):
         }
 
 
+def check_gradual(graph: MaseGraph, gradual: GradualArgs, path: str) -> None:
+    """ConfigError naming ``path`` (the gradual table) unless the ramp fits the training's epochs and this
+    machine can run its trainer."""
+    s = gradual.settings(graph.context.training, path)
+    gradual.check_fits(s, path)
+    check_accelerator(s, join(path, "trainer"))
+
+
 def prune_while_training(
     graph: MaseGraph,
     weight: WeightPruneArgs,
     gradual: GradualArgs,
-    targets: list,
+    targets: list[Target],
     seed: int,
     path: str,
-    prune_weights: Callable[[MaseGraph, WeightPruneArgs, list, int], dict],
 ) -> tuple[dict, dict, dict]:
     """Train ``graph.model`` while pruning its ``targets`` (`select`'s, with their final sparsities) on the
-    AGP schedule, with ``prune_weights`` (the one-shot pass's) at each update.
+    AGP schedule, with the one-shot pass's `prune_weights` at each update.
 
     Returns ``(weight summary of the last update, training figures, schedule)``:
-    the training figures are `fit`'s (``val_acc``, ``best_val_acc``, ...,
-    best counted only at the final sparsity) plus ``test_acc`` and
-    ``test_loss`` unless ``test = false``.
+    the training figures are `train_step`'s (``val_acc``, ``best_val_acc``, ...,
+    best counted only at the final sparsity; ``test_acc`` and ``test_loss``
+    unless ``test = false``).
     """
     ctx = graph.context
     gpath = join(path, "gradual")
     s = gradual.settings(ctx.training, gpath)
     data = ctx.require_data("prune")
-    if weight.scope == "local":
-        active = [t for t in targets if t.sparsity > 0]
-    else:
-        active = list(targets) if weight.sparsity > 0 else []
-    sizes = [t.weight.stored().numel() for t in active]
+    targets = active(targets, weight)
+    sizes = [t.weight.stored().numel() for t in targets]
     total = sum(sizes)
     last: dict = {}
 
     def update(step: int, start: int, ramp: int) -> tuple[float, float]:
         if weight.scope == "local":
             now = [replace(t, sparsity=agp_sparsity(step, min(gradual.initial_sparsity, t.sparsity), t.sparsity,
-                                                    start, ramp)) for t in active]
+                                                    start, ramp)) for t in targets]
             args = weight
             target = sum(t.sparsity * n for t, n in zip(now, sizes)) / total if total else 0.0
         else:
             sparsity = agp_sparsity(step, min(gradual.initial_sparsity, weight.sparsity), weight.sparsity, start, ramp)
-            now, args, target = active, replace(weight, sparsity=sparsity), sparsity
+            now, args, target = targets, replace(weight, sparsity=sparsity), sparsity
         with torch.no_grad():
             last.update(prune_weights(graph, args, now, seed))
-        pruned = sum(int((~get_mask(t.weight.module, t.weight.tensor_name)).sum()) for t in active)
-        return target, pruned / total if total else 0.0
+        return target, pruned_weights(targets) / total if total else 0.0
 
-    # masks registered before training: the optimizer then holds the Parameters the masks read
-    for t in active:
-        apply_mask(t.weight, torch.ones(t.weight.stored().shape, dtype=torch.bool))
-    callback = GradualPruning(gradual, gpath, update)
-    folder = ctx.step or "prune"
-    checkpoint_dir = ctx.output_dir / "checkpoints" / folder if ctx.output_dir is not None else None
-    asked = s.batch_size if gradual.training and "batch_size" in gradual.training else None
-    with batch_size_set(data, asked, join(gpath, "training.batch_size")):
-        figures = fit(graph.model, data, s, checkpoint_dir, ctx.progress_bar, json.dumps(describe_structure(graph)),
-                      callbacks=[callback], keep_best=lambda: callback.final)
-    if not callback.final:  # training stopped before the ramp's end (the checks above make this rare)
+    def finish() -> None:
+        """Prune to the final sparsities now if training stopped before the ramp's end (the checks make this rare)."""
+        if callback.final:
+            return
         logger.warning("%s: training ended before the last mask update; pruning to the final sparsity now", gpath)
         if callback.steps:
             callback.catch_up(callback.steps[-1])
         else:
             update(1, 0, 1)
-    if gradual.test:  # with the run's batch size, so that limit_test_batches covers the same images at every step
-        figures |= evaluate(graph.model, data, s, progress=ctx.progress_bar)
+
+    # masks registered before training: the optimizer then holds the Parameters the masks read
+    for t in targets:
+        apply_mask(t.weight, torch.ones(t.weight.stored().shape, dtype=torch.bool))
+    callback = GradualPruning(gradual, gpath, update)
+    figures = train_step(graph.model, data, s, training=gradual.training, path=gpath, output_dir=ctx.output_dir,
+                         folder=ctx.step or "prune", structure=json.dumps(describe_structure(graph)),
+                         test=gradual.test, progress=ctx.progress_bar, callbacks=[callback],
+                         keep_best=lambda: callback.final, before_test=finish)
     schedule = callback.summary()
     final = schedule["schedule"][-1] if schedule["schedule"] else None
     logger.info("gradual pruning: %d mask update(s) over steps %s..%s (every %s), final sparsity %s; "

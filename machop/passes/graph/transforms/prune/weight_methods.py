@@ -22,28 +22,27 @@ them. All norm methods share `group_scores` and only vary ``p``:
   (``l2-norm-single`` is ``torch.nn.utils.prune.ln_structured(n=2, dim=0)``).
 - ``l1-norm-multi`` / ``l2-norm-multi`` (channelwise): the filter's norm times
   the norm of the weights that *read* that channel downstream (the next
-  convolution or Linear layers' input-channel slices, found through the fx graph
-  across BatchNorm, activations, pooling, residual adds and flatten). A
-  channel that nothing downstream uses scores 0 and is pruned first. Where
-  the graph cannot be followed (the channel reaches the model output, or an
-  op that mixes channels), the layer falls back to its ``-single`` score
-  and the pass logs it.
+  convolution or Linear layers' input-channel slices, from the channel
+  analysis `analysis.channels.reader_weights`: across BatchNorm, activations,
+  pooling, residual adds, concatenation and flatten). Where the channels
+  cannot be followed (they reach the model output, or an op the analysis
+  does not understand), or nothing reads them, the layer falls back to its
+  ``-single`` score and the pass logs it. Following channels runs the model
+  once on ``graph.dummy_input`` (or random inputs of
+  ``graph.context.dataset_info``'s shape), as coupled pruning does; without
+  either, every layer falls back, with a warning.
 - ``random``: uniform random scores from a seeded generator (deterministic).
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
-from torch import nn
 
-from machop.nn import ActivationPrune, group_scores
+from machop.nn import group_scores
 
 
 def group_view(w: torch.Tensor, granularity: str, channel_dim: int | None) -> torch.Tensor:
@@ -124,109 +123,3 @@ WEIGHT_METHODS: dict[tuple[str, str], dict[str, Scorer]] = {
 }
 
 NEEDS_DOWNSTREAM = {"l1-norm-multi", "l2-norm-multi"}
-
-
-# --------------------------------------------------------------------------- following channels through the graph
-
-_CHANNEL_WISE_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity,
-)
-_CHANNEL_WISE_FUNCTIONS = {
-    operator.add, operator.iadd, operator.mul, torch.add, torch.relu, F.relu, F.relu6, F.leaky_relu, F.gelu,
-    F.silu, torch.sigmoid, torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-    F.dropout, F.dropout2d,
-}
-_CHANNEL_WISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "add", "add_", "contiguous", "clone"}
-_FLATTEN_FUNCTIONS = {torch.flatten}
-_FLATTEN_METHODS = {"flatten", "view", "reshape"}
-_SHAPE_ONLY_METHODS = {"size", "dim"}
-
-
-def _is_channel_wise_module(module: nn.Module) -> bool:
-    # inserted activation-prune modules mask channels but keep the layout
-    if isinstance(module, (*_CHANNEL_WISE_MODULES, ActivationPrune)):
-        return True
-    return isinstance(module, nn.Sequential) and len(module) == 0
-
-
-def _channel_flow(n: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """How channels pass node ``n``: "consumer" (a convolution or Linear reads them), "flatten", "through"
-    (channel-preserving), "ignore" (shape queries), or None (unknown op or the model output)."""
-    if n.op == "call_module":
-        m = modules[n.target]
-        if isinstance(m, _CONSUMERS):
-            return "consumer"
-        if isinstance(m, nn.Flatten):
-            return "flatten"
-        return "through" if _is_channel_wise_module(m) else None
-    if n.op == "call_function":
-        if n.target is getattr:
-            return "ignore"
-        if n.target in _FLATTEN_FUNCTIONS:
-            return "flatten"
-        return "through" if n.target in _CHANNEL_WISE_FUNCTIONS else None
-    if n.op == "call_method":
-        if n.target in _SHAPE_ONLY_METHODS:
-            return "ignore"
-        if n.target in _FLATTEN_METHODS:
-            return "flatten"
-        return "through" if n.target in _CHANNEL_WISE_METHODS else None
-    return None
-
-
-_CONSUMERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def downstream_consumers(node: fx.Node, modules: dict[str, nn.Module]) -> list[tuple[fx.Node, bool]] | None:
-    """The convolution/Linear nodes that read ``node``'s output channels, each with whether it was flattened on the way.
-
-    Follows channel-preserving ops (see module doc). Returns None when a path
-    leaves the known ops or reaches the model output.
-    """
-    found: list[tuple[fx.Node, bool]] = []
-    seen: set[tuple[str, bool]] = set()
-    stack = [(user, False) for user in node.users]
-    while stack:
-        n, flat = stack.pop()
-        if (n.name, flat) in seen:
-            continue
-        seen.add((n.name, flat))
-        flow = _channel_flow(n, modules)
-        if flow is None:
-            return None
-        if flow == "consumer":
-            found.append((n, flat))
-        elif flow in ("flatten", "through"):
-            stack.extend((u, flat or flow == "flatten") for u in n.users)
-    return found or None
-
-
-def _reader_slices(module: nn.Module, channels: int, flat: bool) -> torch.Tensor | None:
-    """``(channels, S)``: the effective weights of ``module`` that read each input channel, or None."""
-    w = module.weight.detach()
-    if not isinstance(module, nn.Linear):  # a convolution
-        if flat or module.groups != 1 or w.shape[1] != channels:
-            return None
-        return w.transpose(0, 1).reshape(channels, -1)
-    # Linear: columns; after a flatten each channel owns a contiguous block of in_features // channels columns
-    if w.shape[1] % channels != 0 or (not flat and w.shape[1] != channels):
-        return None
-    per = w.shape[1] // channels
-    return w.reshape(w.shape[0], channels, per).transpose(0, 1).reshape(channels, -1)
-
-
-def downstream_weights(node: fx.Node, modules: dict[str, nn.Module], channels: int) -> torch.Tensor | None:
-    """All downstream weights that read each of the ``channels`` outputs of ``node``'s layer, ``(C, S)``; None if unknown."""
-    consumers = downstream_consumers(node, modules)
-    if consumers is None:
-        return None
-    slices = []
-    for consumer, flat in consumers:
-        s = _reader_slices(modules[consumer.target], channels, flat)
-        if s is None:
-            return None
-        slices.append(s)
-    return torch.cat(slices, dim=1)

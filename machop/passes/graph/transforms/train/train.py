@@ -47,7 +47,7 @@ from machop.config import ConfigError, TrainSettings, check_name, from_dict, joi
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
 from machop.nn import has_compression
-from machop.training import batch_size_set, check_accelerator, evaluate, fit
+from machop.training import check_accelerator, evaluate, step_settings, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ class TrainArgs:
 
     def settings(self, base: TrainSettings, path: str = "passes.train") -> TrainSettings:
         """``base`` with the ``trainer`` table, then the ``training`` table, applied."""
-        s = base.override(self.trainer, TrainSettings.TRAINER_KEYS, join(path, "trainer"))
-        return s.override(self.training, TrainSettings.TRAINING_KEYS, join(path, "training"))
+        return step_settings(base, self.trainer, self.training, path)
 
 
 @dataclass
@@ -123,13 +122,9 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
             raise ConfigError(join(path, "load_name"), "is the model a run starts from, but this model already has "
                                                        "masks or codebooks: load it before pruning or quantizing")
         load_weights(graph, args.load_name, args.load_type)
-    folder = args.project or ctx.step or "train"
-    checkpoint_dir = ctx.output_dir / "checkpoints" / folder if ctx.output_dir is not None else None
-    asked = s.batch_size if args.training and "batch_size" in args.training else None
-    with batch_size_set(data, asked, join(path, "training.batch_size")):
-        info = fit(graph.model, data, s, checkpoint_dir, ctx.progress_bar, json.dumps(describe_structure(graph)))
-    if args.test:  # with the run's batch size, so that limit_test_batches covers the same images at every step
-        info |= evaluate(graph.model, data, s, progress=ctx.progress_bar)
+    info = train_step(graph.model, data, s, training=args.training, path=path, output_dir=ctx.output_dir,
+                      folder=args.project or ctx.step or "train", structure=json.dumps(describe_structure(graph)),
+                      test=args.test, progress=ctx.progress_bar)
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
 

@@ -63,13 +63,13 @@ class _Spy(pl.Callback):
         self.validations.append((float(trainer.callback_metrics["val_acc"]), at_final))
 
 
-def _spy_on_fit(monkeypatch, spy):
-    real = gradual.fit
+def _spy_on_training(monkeypatch, spy):
+    real = gradual.train_step
 
-    def fit(*args, callbacks=None, **kwargs):
+    def train_step(*args, callbacks=None, **kwargs):
         return real(*args, callbacks=[*(callbacks or []), spy], **kwargs)
 
-    monkeypatch.setattr(gradual, "fit", fit)
+    monkeypatch.setattr(gradual, "train_step", train_step)
 
 
 # --------------------------------------------------------------------------- the schedule
@@ -101,7 +101,7 @@ def test_short_run_ends_exactly_at_the_final_sparsities(data, monkeypatch, tmp_p
     graph.context.output_dir = tmp_path
     graph.context.step = "agp"
     spy = _Spy(graph.model, counts)
-    _spy_on_fit(monkeypatch, spy)
+    _spy_on_training(monkeypatch, spy)
     dense = {n: graph.model.get_submodule(n).weight.detach().clone() for n in LENET300}
     graph, info = PASSES["prune"](graph, {"weight": {"sparsity": final}, "gradual": {
         "initial_sparsity": 0.2, "ramp_epochs": 2, "frequency": 2, "training": {"max_epochs": 3}}})
@@ -139,7 +139,7 @@ def test_global_scope_and_a_ramp_in_steps_starting_later(data, monkeypatch):
     graph = _graph(data, max_epochs=3)
     total = sum(LENET300.values())
     spy = _Spy(graph.model, {n: -1 for n in LENET300})
-    _spy_on_fit(monkeypatch, spy)
+    _spy_on_training(monkeypatch, spy)
     graph, info = PASSES["prune"](graph, {"weight": {"sparsity": 0.8, "scope": "global"}, "gradual": {
         "start_epoch": 1, "ramp_steps": 7}})  # frequency: ceil(7 / 30) = 1
     pruned = sum(int((~get_mask(graph.model.get_submodule(n))).sum()) for n in LENET300)

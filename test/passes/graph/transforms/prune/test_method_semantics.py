@@ -76,13 +76,46 @@ def test_multi_drops_a_channel_nothing_downstream_reads_first():
         net.conv1.weight[2] *= 100  # the largest filter by far ...
         net.conv2.weight[:, 2] = 0  # ... but nothing reads its channel (through BN and ReLU)
     for method, dropped_first in [("l1-norm-single", False), ("l1-norm-multi", True), ("l2-norm-multi", True)]:
-        graph = MaseGraph(TwoConv())
+        graph = MaseGraph(TwoConv(), dummy_input=torch.randn(2, 2, 6, 6))
         graph.model.load_state_dict(net.state_dict())
         prune_transform_pass(graph, {"weight": {"sparsity": 0.25, "granularity": "channelwise", "method": method,
                                                 "exclude": ["conv2", "fc"]}})
         keep = get_mask(graph.model.conv1).flatten(1).all(dim=1)
         assert int((~keep).sum()) == 1
         assert (not bool(keep[2])) == dropped_first, method
+
+
+class _ResidualMish(nn.Module):
+    """conv1 → Mish → (conv2 + shortcut) → pool → fc: a channel of conv1 is read by conv2 and, through the
+    residual add, by fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.pool, self.fc = nn.Mish(), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.act(self.conv1(x))
+        return self.fc(torch.flatten(self.pool(y + self.conv2(y)), 1))
+
+
+def test_multi_reads_every_reader_of_a_channel_through_mish_and_a_residual_add():
+    torch.manual_seed(3)
+    net = _ResidualMish()
+    with torch.no_grad():  # channel 0: the smallest filter, but read strongly downstream
+        net.conv1.weight[0] *= 0.1
+        net.conv2.weight[:, 0] *= 10
+        net.fc.weight[:, 0] *= 10
+    w1, w2, wf = net.conv1.weight.detach(), net.conv2.weight.detach(), net.fc.weight.detach()
+    readers = torch.cat([w2.transpose(0, 1).flatten(1), wf.t()], dim=1)  # per conv1 channel: conv2's and fc's slices
+    scores = w1.flatten(1).abs().sum(1) * readers.abs().sum(1)
+    graph = MaseGraph(_ResidualMish(), dummy_input=torch.randn(2, 2, 5, 5))
+    graph.model.load_state_dict(net.state_dict())
+    prune_transform_pass(graph, {"weight": {"sparsity": 0.25, "granularity": "channelwise", "method": "l1-norm-multi",
+                                            "group": False, "exclude": ["conv2", "fc"]}})
+    keep = get_mask(graph.model.conv1).flatten(1).all(dim=1)
+    assert (~keep).nonzero().flatten().tolist() == [int(scores.argmin())]
+    assert int(w1.flatten(1).abs().sum(1).argmin()) == 0 != int(scores.argmin())  # the filter norm alone picks 0
 
 
 def test_multi_scores_match_hand_computation_through_flatten():
@@ -92,7 +125,7 @@ def test_multi_scores_match_hand_computation_through_flatten():
     w2, wf = net.conv2.weight.detach(), net.fc.weight.detach()
     for p, method in [(1, "l1-norm-multi"), (2, "l2-norm-multi")]:
         scores = torch.linalg.vector_norm(w2.flatten(1), ord=p, dim=1) * torch.linalg.vector_norm(wf, ord=p, dim=0)
-        graph = MaseGraph(TwoConv())
+        graph = MaseGraph(TwoConv(), dummy_input=torch.randn(2, 2, 6, 6))
         graph.model.load_state_dict(net.state_dict())
         prune_transform_pass(graph, {"weight": {"sparsity": 0.34, "granularity": "channelwise", "method": method,
                                                 "exclude": ["conv1", "fc"]}})
@@ -105,7 +138,7 @@ def test_multi_falls_back_to_single_at_the_model_output():
     net = TwoConv()
     masks = {}
     for method in ("l2-norm-single", "l2-norm-multi"):
-        graph = MaseGraph(TwoConv())
+        graph = MaseGraph(TwoConv(), dummy_input=torch.randn(2, 2, 6, 6))
         graph.model.load_state_dict(net.state_dict())
         prune_transform_pass(graph, {"weight": {"sparsity": {"default": 0.4, "fc": 0.4}, "granularity": "channelwise",
                                                 "method": method, "exclude": ["conv1", "conv2"]}})
@@ -134,7 +167,7 @@ def _first_act(graph) -> ActivationPrune:
 
 def test_per_sample_elementwise_zeroes_each_samples_smallest():
     torch.manual_seed(0)
-    graph = MaseGraph(TwoConv())
+    graph = MaseGraph(TwoConv(), dummy_input=torch.randn(2, 2, 6, 6))
     prune_transform_pass(graph, {"activation": {"sparsity": 0.25, "method": "l1-norm", "exclude": ["conv2", "fc"]}})
     act = _first_act(graph)
     x = torch.randn(4, 2, 5, 5)
@@ -149,7 +182,7 @@ def test_per_sample_elementwise_zeroes_each_samples_smallest():
 
 
 def test_random_activation_is_fixed_and_seeded():
-    graph = MaseGraph(TwoConv())
+    graph = MaseGraph(TwoConv(), dummy_input=torch.randn(2, 2, 6, 6))
     prune_transform_pass(graph, {"activation": {"sparsity": 0.5, "method": "random", "seed": 7,
                                                 "exclude": ["conv2", "fc"]}})
     act = _first_act(graph)
@@ -167,7 +200,7 @@ def test_feature_map_l1_and_l2_differ():
     x[0, 1] = 0.5
     dropped = {}
     for method in ("feature-map-l1-norm", "feature-map-l2-norm"):
-        graph = MaseGraph(TwoConv())
+        graph = MaseGraph(TwoConv(), dummy_input=torch.randn(2, 2, 6, 6))
         graph.context.data_module = Data(x)
         prune_transform_pass(graph, {"activation": {"sparsity": 0.5, "granularity": "channelwise", "method": method,
                                                     "exclude": ["conv2", "fc"]}})
