@@ -483,9 +483,9 @@ def effective_weights(gm: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def follow(graph: MaseGraph) -> Analysis:
-    """`analyse` ``graph`` on `sample_inputs` with its `effective_weights`."""
-    return analyse(graph.model, sample_inputs(graph), effective_weights(graph.model))
+def follow(graph: MaseGraph, weights: dict[str, torch.Tensor] | None = None) -> Analysis:
+    """`analyse` ``graph`` on `sample_inputs` with ``weights`` (default: its `effective_weights`)."""
+    return analyse(graph.model, sample_inputs(graph), effective_weights(graph.model) if weights is None else weights)
 
 
 @dataclass
