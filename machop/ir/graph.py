@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,32 @@ def trace(model: nn.Module, leaf_modules: tuple[type[nn.Module], ...] = (), conc
             f"MaseGraph(model, leaf_modules=({type(inner).__name__},)), or fix the arguments its control flow "
             "depends on with MaseGraph(model, concrete_args={...})"
         ) from None
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, also of an ``fx.GraphModule`` whose root holds a parametrized parameter.
+
+    (fx's own deepcopy rebuilds the root from its ``__dict__`` and misses a
+    parametrized attribute: a parameter the graph reads itself, masked or
+    shared by a pass. The copy is rebuilt around the copied originals and
+    given the same parametrizations, so it has a class of its own.)
+    """
+    if not (isinstance(model, fx.GraphModule) and parametrize.is_parametrized(model)):
+        return copy.deepcopy(model)
+    state = copy.deepcopy(model.__dict__)
+    chains = state["_modules"].pop("parametrizations")
+    root = nn.Module()
+    root._modules.update(state["_modules"])
+    root._parameters.update(state["_parameters"])
+    root._buffers.update(state["_buffers"])
+    for name, plist in chains.items():
+        root._parameters[name] = plist.original
+    new = fx.GraphModule(root, state["_graph"], type(model).__bases__[0].__name__)
+    new.train(model.training)
+    for name, plist in chains.items():
+        for p in plist:
+            parametrize.register_parametrization(new, name, p, unsafe=True)
+    return new
 
 
 class MaseGraph:

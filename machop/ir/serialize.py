@@ -16,7 +16,9 @@ A saved file is ``torch.save`` of plain data, read back with
 A file holds no code, so loading takes the model: a registry model is built
 by name (a shrunk one resized to the shapes its tensors record, no layer
 larger than the registry's: `machop.ir.skeleton`); your own model is passed
-in (``load_graph(path, model=MyNet())``).
+in (``load_graph(path, model=MyNet())``), of the class the file records
+(`check_class`; ``saved_class="OldName"`` for a class renamed since), a
+shrunk one resized to the file's shapes the same way (`fit_to_file`).
 The file's architecture is checked against the model first (an error names
 the first tensor that differs, nothing is touched), then the recorded
 structure is re-created from the classes of `machop.nn` (`REBUILDABLE`:
@@ -140,6 +142,97 @@ def check_architecture(graph: MaseGraph, signature: list[list], structure: dict 
         raise ArchitectureMismatch(f"tied tensors differ: the file ties {want_ties or 'none'}, the model {got_ties or 'none'}")
 
 
+def class_name(model: nn.Module | MaseGraph) -> str:
+    """The name of the model's class, as a file records it.
+
+    A traced model's (`MaseGraph` names its ``fx.GraphModule`` after the
+    class it traced), never a parametrization's ``Parametrized...`` class.
+    """
+    root = model.model if isinstance(model, MaseGraph) else model
+    cls = type(root)
+    if parametrize.is_parametrized(root):
+        cls = cls.__bases__[0]  # the class parametrize derived the Parametrized* one from
+    return cls.__name__
+
+
+def check_class(structure: dict | None, model: nn.Module | MaseGraph, source: str,
+                saved_class: str | None = None) -> None:
+    """`ArchitectureMismatch` unless ``model`` is of the class the file records (or ``saved_class``).
+
+    Two classes with the same parameter shapes would take each other's
+    weights silently; a renamed class opens with ``saved_class="OldName"``.
+    A file that records no class (a plain state dict) is not checked.
+    """
+    recorded = (structure or {}).get("class")
+    if recorded is None:
+        return
+    given = class_name(model)
+    if recorded in (given, f"Parametrized{given}", saved_class):  # Parametrized*: files of a parametrized root
+        return
+    hint = (f'saved_class="{saved_class}" names neither' if saved_class is not None else
+            f'if {given} is {recorded} renamed, pass saved_class="{recorded}"')
+    raise ArchitectureMismatch(f"{source} holds class {recorded}, not the {given} given; {hint}")
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every parameter and buffer on the meta device: its architecture, no memory.
+
+    Tied tensors stay tied (one meta tensor each).
+    """
+    memo: dict[int, Any] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def fit_to_file(root: nn.Module, signature: list[list], structure: dict | None, source: str) -> bool:
+    """Resize ``root``'s channel layers in place to the smaller shapes of a shrunk model's file; True if any was.
+
+    Applies to a file recording ``"shrunk": true`` (the shrink pass removed
+    channels; a file of the class's own shapes is checked as it is); ``signature`` is the file's
+    ``[[key, shape, dtype], ...]``. It is tried first on a copy of ``root``
+    on the meta device (no memory): a layer the file claims larger, or of
+    another rank or kernel (`resize_layers` with ``bounded``), or a resized
+    model that still differs from the file, is a one-line
+    `ArchitectureMismatch` naming ``source``, and ``root`` is left as it was
+    (unless it cannot be deep-copied: then it is resized in place, each
+    layer's shape still checked before any changes). Then only the file's
+    shapes are allocated, for the layers replaced (new ones are zeros: the
+    file's weights are loaded into them next).
+    """
+    if structure is None or not structure.get("shrunk"):
+        return False
+    want = base_signature(signature, structure)
+    before = state_signature(root)
+    if same_signature(before, want):
+        return False
+    shapes = {key: list(shape) for key, shape, _ in want}
+    try:
+        probe = _meta_copy(root)
+    except Exception as e:  # deepcopy raises whatever an attribute of the user's model raises
+        logger.info("%s: cannot copy the model to check its resizing first (%s); resizing it in place", source, e)
+        probe = None
+    try:
+        resize_layers(probe if probe is not None else root, shapes, bounded=True)
+    except ShrunkShapeError as e:  # a layer the file claims larger than the model's, or reshaped
+        raise ArchitectureMismatch(f"{source} does not fit the model: {e}") from None
+    got = state_signature(probe if probe is not None else root)
+    if same_signature(got, before):
+        return False  # no layer to resize: the caller's check names the difference
+    if not same_signature(got, want):
+        raise ArchitectureMismatch(f"{source} does not fit the model with its layers resized to the file's: "
+                                   f"{first_mismatch(got, want)}")
+    if probe is not None:
+        resize_layers(root, shapes, bounded=True)
+    old = {key: shape for key, shape, _ in before}
+    resized = [key.rpartition(".")[0] for key, shape, _ in got
+               if key.rpartition(".")[2] == "weight" and old.get(key, shape) != shape]
+    logger.info("%s: %d layer(s) resized to the file's shapes (a shrunk model): %s",
+                source, len(resized), ", ".join(resized[:8]))
+    return True
+
+
 def describe_structure(graph: MaseGraph) -> dict:
     """The JSON-able record of the model and of everything passes added to it."""
     ctx = graph.context
@@ -169,9 +262,9 @@ def describe_structure(graph: MaseGraph) -> dict:
                 })
     return {
         "model": ctx.model_name,
-        **({"shrunk": True} if ctx.shrunk and ctx.model_name is not None else {}),  # absent: the registry's shapes
+        **({"shrunk": True} if ctx.shrunk else {}),  # absent: the class's own shapes
         "dataset_info": asdict(ctx.dataset_info) if ctx.dataset_info is not None else None,
-        "class": type(graph.model).__name__,
+        "class": class_name(graph.model),  # a file opens only into this class (`check_class`)
         "ties": tied_tensors(graph.model),
         "inserted": inserted,
         "parametrizations": chains,
@@ -340,8 +433,8 @@ def _structure_errors(structure: Any) -> None:
     """ValueError (without the file's name) at the first thing wrong in a structure record."""
     s = _table(structure, _STRUCTURE_KEYS, {"ties", "shrunk"}, "the record")
     _text(s["model"], "model", _NAME, optional=True)
-    if "shrunk" in s and (not isinstance(s["shrunk"], bool) or (s["shrunk"] and s["model"] is None)):
-        raise ValueError(f"shrunk must be true or false, and true only with a registry model, got {short(s['shrunk'])}")
+    if "shrunk" in s and not isinstance(s["shrunk"], bool):
+        raise ValueError(f"shrunk must be true or false, got {short(s['shrunk'])}")
     _text(s["class"], "class", _NAME, optional=True)
     if s["dataset_info"] is not None:
         info = _table(s["dataset_info"], {"name", *_DATASET_INFO, "image_size"}, set(), "dataset_info")
@@ -471,8 +564,15 @@ def base_graph(
     model_name: str | None = None,
     dataset_info: Any = None,
     signature: list[list] | None = None,
+    saved_class: str | None = None,
 ) -> MaseGraph:
     """The dense graph a file's weights go into: ``model`` if given, else the registry model the file names.
+
+    A given ``model`` must be of the class the file records (`check_class`;
+    ``saved_class`` names the class a renamed one was saved as), checked
+    before it is traced; with the file's ``signature``, a shrunk model's
+    layers are then resized to the file's shapes (`fit_to_file`: checked on
+    the meta device first).
 
     ``model_name`` and ``dataset_info`` name the registry model of a file
     that does not record one (a plain state dict). With the file's
@@ -487,7 +587,10 @@ def base_graph(
     if structure is not None:
         check_structure(structure, source)
     if model is not None:
+        check_class(structure, model, source, saved_class)
         graph = model if isinstance(model, MaseGraph) else MaseGraph(model)
+        if signature is not None:
+            fit_to_file(graph.model, signature, structure, source)
         if context is not None:
             graph.context = context
         if structure and structure.get("model") and graph.context.model_name in (None, structure["model"]):
@@ -535,8 +638,9 @@ def load_model(
     model_name: str | None = None,
     dataset_info: Any = None,
     context: PassContext | None = None,
+    saved_class: str | None = None,
 ) -> MaseGraph:
-    """Rebuild a MaseGraph from a ``pl``/``pt``/``mz`` file (see `base_graph` for which model).
+    """Rebuild a MaseGraph from a ``pl``/``pt``/``mz`` file (see `base_graph` for which model and ``saved_class``).
 
     Every error is one line naming the file, a ValueError (`BadFileError`,
     `ArchitectureMismatch`, `machop.nn.rebuild.RebuildError`), raised before
@@ -546,7 +650,8 @@ def load_model(
     """
     state, structure, meta = read_checkpoint(path, load_type)
     signature = signature_of(state)
-    graph = base_graph(structure, model, str(path), context, model_name, dataset_info, signature=signature)
+    graph = base_graph(structure, model, str(path), context, model_name, dataset_info, signature=signature,
+                       saved_class=saved_class)
     try:
         check_architecture(graph, signature, structure)
     except ArchitectureMismatch as e:
@@ -565,15 +670,21 @@ def load_model(
 
 
 def load_graph(
-    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None
+    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None,
+    saved_class: str | None = None,
 ) -> MaseGraph:
     """Rebuild a MaseGraph saved by `save_graph` (either load type).
 
     A registry model is rebuilt by the name in the file; for your own model
     pass it (``model=MyNet()``, or a `MaseGraph` of it when tracing needs
-    ``leaf_modules``): its architecture is checked against the file first.
+    ``leaf_modules``). It must be of the class the file records (a file of
+    a ``TinyNet`` does not open into an ``OtherNet``, even with the same
+    shapes); for a class renamed since, ``saved_class="OldName"`` names the
+    class the file was saved as. Its architecture is checked against the
+    file first; a shrunk model (the shrink pass) is resized to the file's
+    shapes, no layer larger than the model's (`fit_to_file`).
     """
-    return load_model(path, "pt", model=model, context=context)  # "pt" reads both machop formats
+    return load_model(path, "pt", model=model, context=context, saved_class=saved_class)  # "pt": both formats
 
 
 def load_weights(graph: MaseGraph, path: str | os.PathLike, load_type: str) -> None:
@@ -749,8 +860,10 @@ def shrunk_like(model: nn.Module | MaseGraph, source) -> nn.Module | MaseGraph:
     ``source``: a file written by `save_graph` (``pt`` or ``mz``), a state
     dict, or a ``[[key, shape, dtype], ...]`` signature. New tensors are
     zeros: load the file into the result. Layers the source does not list
-    are left alone. (A registry model's file loads by name without it: its
-    loaders do this themselves, see `registry_skeleton`.)
+    are left alone. (The loaders need none of it: `load_graph`,
+    `load_compressed` and ``huffman_decode`` resize a model given to them
+    themselves, checked first: `fit_to_file`; a registry model's file loads
+    by name: `registry_skeleton`.)
     """
     root = model.model if isinstance(model, MaseGraph) else model
     resize_layers(root, _shapes(source))

@@ -6,11 +6,18 @@ parametrizations were rebuilt (with placeholder tensors) from a saved
 structure, so the module becomes bit-identical to the one that was read.
 
 - k-means layers: ``codebook`` = the centroids as the layer uses them (rounded
-  to its codebook format, `KMeansWeight.codebook_values`), ``codes`` = the
-  cluster index; ``codebook_format`` names the float format every entry is
-  exact in (what the Huffman coder stores them as).
+  to its codebook format, `KMeansWeight.codebook_values`, in the centroids'
+  dtype: the weight's), ``codes`` = the cluster index; ``codebook_format``
+  names the float format every entry is exact in (what the Huffman coder
+  stores them as): the ``codebook`` spec's short float, else the centroids'
+  own dtype (`codebook_format`).
 - integer layers: ``codebook = arange(-2**(w-1), 2**(w-1)) * 2**-frac``
-  (the whole fixed-point grid, float32), ``codes = q + 2**(w-1)``.
+  (the whole fixed-point grid, float32), ``codes = q + 2**(w-1)``; the weight
+  is that grid value cast to the weight's dtype (exact, except where a
+  bfloat16 or float16 weight has fewer significant bits than the width: then
+  it is the value `FixedPoint` rounds to, which is what the cast gives).
+
+In both, the weight is exactly ``(codebook[codes] * mask).to(weight dtype)``.
 
 ``mask`` is the prune mask (all True for an unpruned layer: its zeros are
 then ordinary values); codes at masked-out positions are meaningless.
@@ -33,17 +40,28 @@ from .shared_weight import KMeansWeight, index_dtype
 @dataclass
 class WeightCodes:
     codes: torch.Tensor  # int64, shape of the weight; index into codebook (any value, e.g. 0, where mask is False)
-    codebook: torch.Tensor  # float32 [K]; the weight is exactly codebook[codes] * mask
+    codebook: torch.Tensor  # [K]; k-means: the weight's dtype, integer: float32 (see the module docstring)
     mask: torch.Tensor  # bool, shape of the weight; False = pruned (weight exactly 0)
     bits: int  # bits per code, K <= 2**bits
     kind: str  # "kmeans" | "integer"
-    codebook_format: str = "float32"  # every codebook entry is exact in this format: float32 | float16 | bfloat16
+    codebook_format: str = "float32"  # every codebook entry is exact in it: float32 | float64 | float16 | bfloat16
 
 
 def fixed_point_grid(width: int, frac_width: int) -> torch.Tensor:
     """Every value of signed ``width.frac_width`` fixed point, ascending (float32)."""
     qmin, qmax = fixed_point_range(width)
     return torch.arange(qmin, qmax + 1, dtype=torch.float32) * 2.0**-frac_width
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``: how files and reports name a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
+def codebook_format(codebook: str, centroids_dtype: str) -> str:
+    """The format a k-means layer's codebook is exact in (and stored in): its ``codebook`` spec, ``"float32"``
+    meaning "as the centroids are", i.e. their dtype (``centroids_dtype``, named as `dtype_name` does)."""
+    return centroids_dtype if codebook == "float32" else codebook
 
 
 def quantizer_of(module: nn.Module, name: str = "weight") -> KMeansWeight | FixedPoint | None:
@@ -73,8 +91,9 @@ def weight_codes(module: nn.Module, name: str = "weight") -> WeightCodes | None:
         weight = getattr(module, name).detach()
         if isinstance(q, KMeansWeight):
             codes = WeightCodes(
-                codes=q.index.long().clone(), codebook=q.codebook_values().float().clone(),
-                mask=q.mask.clone(), bits=q.bits, kind="kmeans", codebook_format=q.codebook,
+                codes=q.index.long().clone(), codebook=q.codebook_values().clone(),
+                mask=q.mask.clone(), bits=q.bits, kind="kmeans",
+                codebook_format=codebook_format(q.codebook, dtype_name(q.centroids.dtype)),
             )
         else:
             mask = get_mask(module, name)
@@ -85,7 +104,7 @@ def weight_codes(module: nn.Module, name: str = "weight") -> WeightCodes | None:
                 codebook=fixed_point_grid(q.width, q.frac_width).to(weight.device),
                 mask=mask, bits=q.width, kind="integer",
             )
-        if not torch.equal(codes.codebook[codes.codes] * codes.mask, weight):
+        if not torch.equal((codes.codebook[codes.codes] * codes.mask).to(weight.dtype), weight):
             raise ValueError(f"{name} is not codebook[codes] * mask; was the chain changed after quantization?")
     return codes
 
@@ -94,9 +113,10 @@ def load_weight_codes(module: nn.Module, codes: WeightCodes, name: str = "weight
     """Write ``codes`` into the existing parametrizations of ``module.name``.
 
     Sets the original tensor to ``codebook[codes] * mask``, every `WeightMask`
-    to ``mask`` and, for k-means, the `KMeansWeight`'s centroids, index and
-    mask (placeholder shapes are replaced). Afterwards ``module.name`` equals
-    ``codebook[codes] * mask`` exactly.
+    to ``mask`` and, for k-means, the `KMeansWeight`'s centroids (in the dtype
+    they have), index and mask (placeholder shapes are replaced). Afterwards
+    ``module.name`` equals ``codebook[codes] * mask`` in the weight's dtype
+    exactly.
     """
     q = quantizer_of(module, name)
     if q is None:
@@ -105,7 +125,9 @@ def load_weight_codes(module: nn.Module, codes: WeightCodes, name: str = "weight
     original = chain.original
     dev = original.device
     mask = codes.mask.to(device=dev, dtype=torch.bool)
-    codebook = codes.codebook.to(device=dev, dtype=torch.float32)
+    # k-means: in the centroids' dtype (a file's codebook is exact in it); fixed point: the float32 grid
+    dtype = q.centroids.dtype if isinstance(q, KMeansWeight) else torch.float32
+    codebook = codes.codebook.to(device=dev, dtype=dtype)
     idx = codes.codes.to(dev)
     if idx.shape != original.shape or mask.shape != original.shape:
         raise ValueError(f"codes/mask shape {tuple(idx.shape)} do not match {name} shape {tuple(original.shape)}")

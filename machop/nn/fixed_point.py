@@ -13,6 +13,14 @@ Training uses a straight-through estimator with the same gradient as
 fake_quantize: 1 where the rounded value lies inside ``[qmin, qmax]``, 0
 where it saturates (the mask is taken on the rounded value, as torch does).
 
+Any float dtype: float32 and float64 tensors are rounded in their own
+dtype, float16 and bfloat16 ones in float32 (in float16, ``x *
+2**frac_width`` overflows for large ``frac_width``), the result cast back to
+the input's dtype. Where the width exceeds that dtype's significant bits
+(bfloat16: 9 bits, float16: 12) the grid value ``q * 2**-frac_width`` is
+then rounded to the dtype; the quantizer stays idempotent (quantizing its
+own output gives it back), so a decoded weight quantizes to itself.
+
 ``frac_width`` may exceed ``width``: that is legal fixed point (every
 representable value is then smaller than 1/2 in magnitude, with step
 ``2**-frac_width``), as in MASE. Negative ``frac_width`` is not supported.
@@ -37,10 +45,15 @@ def fixed_point_range(width: int) -> tuple[int, int]:
     return -(2 ** (width - 1)), 2 ** (width - 1) - 1
 
 
+def working(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype fixed point is computed in: float32/float64 as they are, other floats in float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
 def fixed_point_codes(x: torch.Tensor, width: int, frac_width: int) -> torch.Tensor:
-    """The integers ``q`` (as float, exact) of ``x`` in ``width.frac_width`` fixed point."""
+    """The integers ``q`` (as float32 or float64, exact) of ``x`` in ``width.frac_width`` fixed point."""
     qmin, qmax = fixed_point_range(width)
-    return torch.round(x * 2.0**frac_width).clamp_(qmin, qmax)
+    return torch.round(working(x) * 2.0**frac_width).clamp_(qmin, qmax)
 
 
 class _FixedPointSTE(torch.autograd.Function):
@@ -49,9 +62,9 @@ class _FixedPointSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, width: int, frac_width: int) -> torch.Tensor:
         qmin, qmax = fixed_point_range(width)
-        r = torch.round(x * 2.0**frac_width)
+        r = torch.round(working(x) * 2.0**frac_width)
         ctx.save_for_backward((r >= qmin) & (r <= qmax))
-        return r.clamp(qmin, qmax) * 2.0**-frac_width
+        return (r.clamp(qmin, qmax) * 2.0**-frac_width).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -28,6 +28,9 @@ def _check_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: 
         check_float_format(spec["codebook"], "codebook", where)
     centroids, index, mask = tensors["centroids"], tensors["index"], tensors["mask"]
     check_tensor(centroids, "centroids", where, kind="float", ndim=1)
+    if target is not None and target.is_floating_point() and centroids.dtype != target.dtype:
+        raise RebuildError(f"{where}: centroids are {str(centroids.dtype).removeprefix('torch.')}, "
+                           f"the weight they make {str(target.dtype).removeprefix('torch.')}")
     check_tensor(mask, "mask", where, kind="bool", shape=None if target is None else target.shape)
     check_tensor(index, "index", where, kind="int", shape=mask.shape)
     k = centroids.numel()
@@ -53,11 +56,13 @@ class KMeansWeight(nn.Module):
       belongs to no cluster; its index is 0 and meaningless).
     - ``bits``: the code width the layer was quantized with (``K <= 2**bits``).
     - ``codebook``: the float format the centroids are stored in, ``"float32"``
-      (default: used as they are), ``"float16"`` or ``"bfloat16"``: forward
-      rounds them to it (`machop.nn.compact.round_to`, straight-through
-      gradient), so the centroids training fine-tunes are always ones the
-      file can hold exactly. The `centroids` parameter itself stays float32;
-      `codebook_values` are the rounded ones.
+      (default: used as they are, in their own dtype), ``"float16"`` or
+      ``"bfloat16"``: forward rounds them to it (`machop.nn.compact.round_to`,
+      straight-through gradient), so the centroids training fine-tunes are
+      always ones the file can hold exactly. The `centroids` parameter keeps
+      its dtype (the weight's: float32, float64, float16 or bfloat16, so the
+      weight it gives keeps the model's dtype); `codebook_values` are the
+      rounded ones, in that dtype.
 
     Registered after any prune parametrization, so the original weight stays
     underneath (frozen by the quantize pass) and the chain is saved and
@@ -74,7 +79,9 @@ class KMeansWeight(nn.Module):
         self.codebook = codebook
         k = centroids.numel()
         self.bits = int(bits) if bits is not None else max(1, math.ceil(math.log2(max(k, 2))))
-        self.centroids = nn.Parameter(centroids.detach().clone().flatten().to(torch.float32))
+        centroids = centroids.detach().clone().flatten()
+        # the weight's dtype (the quantize pass gives them in it; a file gives them as recorded)
+        self.centroids = nn.Parameter(centroids if centroids.is_floating_point() else centroids.to(torch.float32))
         self.register_buffer("index", index.to(index_dtype(max(k, 1))))
         self.register_buffer("mask", mask.to(torch.bool))
 
@@ -83,7 +90,7 @@ class KMeansWeight(nn.Module):
         return {"bits": self.bits} if self.codebook == "float32" else {"bits": self.bits, "codebook": self.codebook}
 
     def codebook_values(self) -> torch.Tensor:
-        """The centroids the layer uses: `centroids` rounded to the ``codebook`` format (float32, detached)."""
+        """The centroids the layer uses: `centroids` rounded to the ``codebook`` format (in their dtype, detached)."""
         return round_to(self.centroids.detach(), self.codebook)
 
     def forward(self, X: torch.Tensor | None = None) -> torch.Tensor:

@@ -38,7 +38,7 @@ def count_distinct(t: torch.Tensor) -> int:
     """Number of distinct values of ``t`` (numpy's sort: much faster than ``torch.unique`` on CPU)."""
     if t.numel() == 0:
         return 0
-    a = np.sort(t.detach().reshape(-1).cpu().numpy())
+    a = np.sort((t.float() if t.dtype == torch.bfloat16 else t).detach().reshape(-1).cpu().numpy())
     return int(np.count_nonzero(a[1:] != a[:-1])) + 1
 
 

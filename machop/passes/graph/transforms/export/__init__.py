@@ -12,12 +12,22 @@ express is a one-line error naming it.
 path = "NA"       # default: <run folder>/model.onnx
 opset = 17        # ONNX opset version
 check = true      # run the file with onnxruntime on the dummy input and compare (needs `pip install machop[onnx]`)
-tolerance = 1e-4  # check: max |difference| allowed, relative to the largest output
+tolerance = "NA"  # check: max |difference| allowed, relative to the largest output; "NA": 1e-4 (float16: 1e-2)
 ```
 
+The file keeps the model's dtype (float32, float64, float16, bfloat16).
+Where onnxruntime's CPU provider cannot run that dtype (bfloat16 at all,
+float64 convolutions, float16 where a kernel is missing), ``check = true``
+exports the model in float32 instead (16-bit weights widened exactly,
+float64 ones rounded), checks that, logs a warning and says why in
+``info["fallback"]``: the file runs and is checked. ``check = false`` writes
+the model's own dtype unchecked.
+
 ``info``: ``path``, ``onnx_bytes`` (the file's size), ``opset``, ``inputs`` / ``outputs``
-(names and shapes), ``max_abs_diff`` and ``verified`` (None when
-``check = false``). The batch dimension is dynamic.
+(names and shapes), ``dtype`` (the file's), ``model_dtype``, ``fallback`` (None,
+or why the file is float32), ``max_abs_diff``, ``tolerance`` and ``verified``
+(None when ``check = false``), ``model_max_abs_diff`` (with a fallback:
+against the model's own outputs). The batch dimension is dynamic.
 """
 
 from .export import ExportArgs, check_export_args, export_pass, parse_export_args

@@ -1,8 +1,16 @@
-"""The export pass: ONNX through ``torch.onnx.export`` (the TorchScript exporter), weights folded first."""
+"""The export pass: ONNX through ``torch.onnx.export`` (the TorchScript exporter), weights folded first.
+
+The file keeps the model's dtype (float32, float64, float16, bfloat16). With
+``check``, onnxruntime's CPU provider must run it; where it cannot run that
+dtype (it has no bfloat16 kernels, and no float64 convolution), the model is
+exported in float32 instead (16-bit weights widened exactly, float64 ones
+rounded), checked in float32, and ``info["fallback"]`` and a warning say why:
+a checked file that runs beats an unchecked one. ``check = false`` writes the
+model's dtype unchecked.
+"""
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import os
@@ -16,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, check_path, check_range, from_dict, join, pass_path
 from machop.files import atomic_write, output_problem
-from machop.ir import MaseGraph
+from machop.ir import MaseGraph, copy_model
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +38,7 @@ class ExportArgs:
     path: str | None = None
     opset: int = 17
     check: bool = True
-    tolerance: float = 1e-4
+    tolerance: float | None = None  # None: TOLERANCE of the file's dtype
 
     def validate(self, path: str) -> None:
         if self.path is not None and not self.path.strip():
@@ -38,6 +46,12 @@ class ExportArgs:
         check_path(self.path, join(path, "path"))
         check_range(self.opset, join(path, "opset"), 9, 25)
         check_range(self.tolerance, join(path, "tolerance"), 0, 1)
+
+
+# check: max |difference| allowed, relative to the largest output, per dtype of the file (float16's 11-bit
+# significand: onnxruntime and torch round and sum in other orders, ~1e-3 of the output apart)
+TOLERANCE: dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float64: 1e-4, torch.float16: 1e-2,
+                                       torch.bfloat16: 5e-2}
 
 
 def parse_export_args(pass_args: dict | None, path: str = "passes.export") -> ExportArgs:
@@ -69,7 +83,7 @@ def folded_copy(graph: MaseGraph) -> nn.Module:
     original, so each copied module gets its plain class back instead of
     torch's ``remove_parametrizations``, which would edit that shared class.)
     """
-    model = copy.deepcopy(graph.model)
+    model = copy_model(graph.model)
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
             with torch.no_grad():
@@ -81,14 +95,26 @@ def folded_copy(graph: MaseGraph) -> nn.Module:
     return model.eval()
 
 
-def _inputs(graph: MaseGraph) -> tuple[torch.Tensor, ...]:
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The one float dtype of ``model``'s parameters and buffers; None when it has none or several."""
+    dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def _inputs(graph: MaseGraph, dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:
+    """``graph.dummy_inputs``, else a random image batch shaped by the data set, in the model's ``dtype``."""
     if graph.dummy_inputs is not None:
         return tuple(t.detach() for t in graph.dummy_inputs)
     info = graph.context.dataset_info
     if info is not None:
         g = torch.Generator().manual_seed(0)
-        return (torch.randn(2, info.in_channels, *info.image_size, generator=g),)
+        return (torch.randn(2, info.in_channels, *info.image_size, generator=g).to(dtype or torch.float32),)
     raise ValueError("export needs an example input: set graph.dummy_input (or graph.context.dataset_info)")
+
+
+def _widened(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Float inputs as float32 (for the float32 copy of a model onnxruntime cannot run in its dtype)."""
+    return tuple(t.float() if t.is_floating_point() else t for t in inputs)
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -101,8 +127,55 @@ def _tensors(out) -> list[torch.Tensor]:
     return []
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _onnx_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], in_names: list[str], out_names: list[str],
+                opset: int) -> bytes:
+    """``model`` as an ONNX file (batch dimension dynamic); a one-line RuntimeError if the exporter refuses it."""
+    axes = {name: {0: "batch"} for name in in_names + out_names}
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, input_names=in_names,
+                              output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
+    except Exception as e:  # the exporter raises many types for an op ONNX cannot express
+        raise RuntimeError(f"export: torch.onnx.export cannot write this model ({type(e).__name__}: "
+                           f"{_first_line(e)})") from None
+    return buffer.getvalue()
+
+
+def _ort_outputs(ort, data: bytes, in_names: list[str], inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """onnxruntime's (CPU provider) outputs of the file ``data``; whatever it raises (no kernel for a dtype:
+    NOT_IMPLEMENTED, INVALID_GRAPH; numpy has no bfloat16 for the inputs) propagates."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(g) for g in session.run(None, {n: t.numpy() for n, t in zip(in_names, inputs)})]
+
+
 def export_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
-    """Write ``graph``'s model as ONNX (weights folded), and (``check``) compare onnxruntime's outputs with the model's."""
+    """Write ``graph``'s model as ONNX (weights folded), and (``check``) compare onnxruntime's outputs with the model's.
+
+    The file is in the model's dtype. With ``check``, where onnxruntime's CPU
+    provider cannot run that dtype (bfloat16; float64 convolutions; float16
+    where a kernel is missing), the model is exported in float32 instead
+    (16-bit weights widened exactly, float64 ones rounded) and checked
+    against the model in float32; ``info["fallback"]`` says why and a
+    warning is logged. Set ``check = false`` to write the model's dtype
+    unchecked. ``tolerance`` ("NA": `TOLERANCE` of the file's dtype, 1e-4
+    for float32 and float64, 1e-2 for float16) bounds the difference,
+    relative to the largest output.
+
+    ``info``: ``path``, ``onnx_bytes``, ``opset``, ``inputs`` / ``outputs``
+    (names, shapes), ``dtype`` (the file's) and ``model_dtype`` (None for a
+    model of several float dtypes), ``fallback`` (None, or why the file is in
+    float32), ``max_abs_diff``, ``tolerance`` and ``verified`` (None without
+    ``check``), ``model_max_abs_diff`` (with a fallback: onnxruntime's float32
+    outputs against the model's own, for information).
+    """
     key = pass_path(graph.context.step, "passes.export")
     args = parse_export_args(pass_args, key)
     ort = _onnxruntime(join(key, "check")) if args.check else None
@@ -113,40 +186,58 @@ def export_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGr
     else:
         raise ConfigError(join(key, "path"), "no file given and graph.context.output_dir is not set; set one of them")
     model = folded_copy(graph).cpu()
-    inputs = tuple(t.cpu() for t in _inputs(graph))
+    dtype = model_dtype(model)
+    inputs = tuple(t.cpu() for t in _inputs(graph, dtype))
     with torch.no_grad():
-        expected = [t.float() for t in _tensors(model(*inputs))]
+        expected = _tensors(model(*inputs))
     in_names = [f"input_{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     out_names = [f"output_{i}" if len(expected) > 1 else "output" for i in range(len(expected))]
-    axes = {name: {0: "batch"} for name in in_names + out_names}
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=args.opset, input_names=in_names,
-                              output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
-    except Exception as e:  # the exporter raises many types for an op ONNX cannot express
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RuntimeError(f"export: torch.onnx.export cannot write this model ({type(e).__name__}: {first})") from None
-    data = buffer.getvalue()
+    data = _onnx_bytes(model, inputs, in_names, out_names, args.opset)
     info = {"path": str(target), "onnx_bytes": len(data), "opset": args.opset,
             "inputs": [[n, list(t.shape)] for n, t in zip(in_names, inputs)],
             "outputs": [[n, list(t.shape)] for n, t in zip(out_names, expected)],
-            "max_abs_diff": None, "verified": None}
+            "dtype": _name(dtype), "model_dtype": _name(dtype), "fallback": None,
+            "max_abs_diff": None, "tolerance": None, "verified": None, "model_max_abs_diff": None}
     if ort is not None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        got = session.run(None, {n: t.numpy() for n, t in zip(in_names, inputs)})
-        diff = max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected)) if expected else 0.0
-        scale = max([float(e.abs().max()) for e in expected] + [1e-30])
-        info["max_abs_diff"] = diff
-        info["verified"] = diff <= args.tolerance * scale
+        try:
+            got = _ort_outputs(ort, data, in_names, inputs)
+        except Exception as e:  # onnxruntime raises plain Exceptions; numpy has no bfloat16
+            if dtype in (None, torch.float32):
+                raise RuntimeError(f"export: onnxruntime cannot run the file ({type(e).__name__}: "
+                                   f"{_first_line(e)})") from None
+            why = (f"onnxruntime's CPU provider cannot run this {_name(dtype)} model "
+                   f"({type(e).__name__}: {_first_line(e)})")
+            how = "rounded" if dtype.itemsize > 4 else "widened exactly"
+            logger.warning("export: %s; exporting it in float32 (weights %s)", why, how)
+            own, model, inputs, dtype = expected, model.float(), _widened(inputs), torch.float32
+            with torch.no_grad():
+                expected = _tensors(model(*inputs))
+            data = _onnx_bytes(model, inputs, in_names, out_names, args.opset)
+            info.update(dtype="float32", fallback=f"{why}: exported in float32, weights {how}")
+            try:
+                got = _ort_outputs(ort, data, in_names, inputs)
+            except Exception as e2:
+                raise RuntimeError(f"export: onnxruntime cannot run the file, in {info['model_dtype']} nor in float32 "
+                                   f"({type(e2).__name__}: {_first_line(e2)})") from None
+            info["model_max_abs_diff"] = _max_diff(got, own)
+        tolerance = args.tolerance if args.tolerance is not None else TOLERANCE.get(dtype, TOLERANCE[torch.float32])
+        diff = _max_diff(got, expected)
+        scale = max([float(e.double().abs().max()) for e in expected] + [1e-30])
+        info.update(max_abs_diff=diff, tolerance=tolerance, verified=diff <= tolerance * scale)
         if not info["verified"]:
             raise RuntimeError(f"export: onnxruntime's outputs differ from the model's by {diff:.3g} "
-                               f"(more than tolerance {args.tolerance} x {scale:.3g}); file not written")
+                               f"(more than tolerance {tolerance} x {scale:.3g}); file not written")
     atomic_write(target, data)
     info["onnx_bytes"] = os.path.getsize(target)
-    logger.info("wrote %s: %d bytes (ONNX opset %d)%s", target, info["onnx_bytes"], args.opset,
+    logger.info("wrote %s: %d bytes (ONNX opset %d, %s)%s", target, info["onnx_bytes"], args.opset, info["dtype"],
                 f", onnxruntime max |diff| {info['max_abs_diff']:.3g}" if info["verified"] else "")
     return graph, info
+
+
+def _max_diff(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest |difference| between onnxruntime's outputs and torch's, compared in float64."""
+    return max((float((g.double() - e.double()).abs().max()) for g, e in zip(got, expected)), default=0.0)
+
+
+def _name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")

@@ -15,8 +15,9 @@ weight once) the file stores, over the flattened weight:
   (The paper's filler is a zero stored as a value; a pruned position must
   stay pruned, so a filler that carries no value is both exact and smaller.)
 - the **codebook**: a k-means layer's centroids, in the format its
-  `KMeansWeight` uses them (float32, or float16/bfloat16 with a ``codebook``
-  spec); a fixed-point layer's grid is not stored (its spec determines it).
+  `KMeansWeight` uses them (the weight's dtype, as recorded for its
+  centroids, or float16/bfloat16 with a ``codebook`` spec); a fixed-point
+  layer's grid is not stored (its spec determines it).
 
 Values and gaps are each Huffman-coded with their own canonical table
 (`codec`). Every other state-dict entry (biases, batch norm, masks of
@@ -32,7 +33,9 @@ dataset info, ties, parametrization chains, inserted modules) and every
 state-dict key with its shape and dtype. A file holds no code: decoding a
 registry model needs only its name (a shrunk one, ``structure.shrunk``, is
 resized to the shapes the header records: `machop.ir.skeleton`), decoding
-your own model takes the model (its architecture is checked against the file first).
+your own model takes the model, of the class the header records
+(``saved_class`` for a renamed one), its architecture checked against the file
+first (a shrunk one resized to the file's shapes: `machop.ir.serialize.fit_to_file`).
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ from machop.ir.serialize import (
     base_graph,
     base_signature,
     check_architecture,
+    check_class,
     describe_structure,
     first_mismatch,
+    fit_to_file,
     same_signature,
     state_signature,
 )
@@ -77,6 +82,7 @@ from machop.nn import (
     round_to,
     weight_codes,
 )
+from machop.nn.codes import codebook_format
 from machop.nn.rebuild import is_int, short
 
 from . import codec
@@ -260,7 +266,8 @@ def _coded_weights(graph: MaseGraph, allow_raw: bool) -> tuple[list[tuple[Any, W
                     f"huffman_encode: weight {w.name} ({w.kind.name}) is not quantized; run the quantize pass first "
                     "(prune → quantize → huffman), or set allow_raw = true to store it uncompressed"
                 )
-            raw.append({"name": w.name, "type": w.kind.name, "reason": "not quantized (allow_raw): stored as fp32"})
+            dtype = str(w.stored().dtype).removeprefix("torch.")
+            raw.append({"name": w.name, "type": w.kind.name, "reason": f"not quantized (allow_raw): stored as {dtype}"})
             continue
         coded.append((w, codes))
     return coded, raw
@@ -310,7 +317,7 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
     for w, wc in coded:
         codes = wc.codes.detach().cpu().reshape(-1).numpy()
         mask = wc.mask.detach().cpu().reshape(-1).numpy()
-        codebook = wc.codebook.detach().cpu().to(torch.float32).contiguous()
+        codebook = wc.codebook.detach().cpu().contiguous()  # k-means: the weight's dtype; fixed point: the grid
         positions = np.flatnonzero(mask)
         values = codes[positions].astype(np.int64)
         if values.size and (values.min() < 0 or values.max() >= codebook.numel()):
@@ -320,7 +327,7 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         book = b""  # a fixed-point grid is not stored: the chain's FixedPoint spec determines it
         if wc.kind == "kmeans":
             stored = codebook.to(_DTYPES[wc.codebook_format])
-            if not torch.equal(stored.to(torch.float32), codebook):
+            if not torch.equal(stored.to(codebook.dtype), codebook):
                 raise ValueError(f"huffman_encode: the codebook of {w.name} is not exact in {wc.codebook_format}")
             book = _tensor_bytes(stored)
         name = _record_name(w.qualname, w.tensor_name)
@@ -366,6 +373,7 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         "index_bits": index_bits,
         "layers": rows,
         "raw_layers": raw_layers,
+        "uncompressed": graph.uncompressed(),
         "total": {
             "file_bytes": len(data),
             "dense_params": dense_params,
@@ -418,6 +426,7 @@ _HEADER_KEYS = {"format", "structure", "tensors", "raw", "aliases", "index_bits"
 _LAYER_KEYS = {"name", "shape", "kind", "bits", "codebook_size", "nnz", "values", "gaps"}  # + module, tensor, node
 _STREAM_KEYS = {"count", "nbits", "block", "sync_base", "sync_width", "symbols", "lengths"}
 _KINDS = ("kmeans", "integer")
+_FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")  # a k-means layer's centroids (the weight's dtype)
 
 
 def _numel(shape: list[int]) -> int:
@@ -504,20 +513,24 @@ class _Layer:
         self.gaps = self._stream(rec["gaps"], f"{what}: gaps", self.nnz, self.numel, 0, filler)
         _need((self.gaps[1] == 0) == (self.nnz == 0), f"{what}: gap symbols without kept weights, or the reverse")
         self.section = f"layer:{name}"
-        self.codebook_format, self.frac_width = self._codebook(chains.get((self.module, self.tensor)), what, version)
+        self.codebook_format, self.frac_width = self._codebook(chains.get((self.module, self.tensor)), sig, what,
+                                                               version)
         self.codebook_bytes = 0 if self.codebook_format is None else self.k * _ITEMSIZE[self.codebook_format]
         self.nbytes = self.values[2] + self.gaps[2] + self.codebook_bytes
         got = sections.get(self.section)
         _need(got is not None, f"section of {what} missing")
         _need(got == self.nbytes, f"section of {what} has {got} bytes, expected {self.nbytes}")
 
-    def _codebook(self, chain: list | None, what: str, version: int) -> tuple[str | None, int | None]:
+    def _codebook(self, chain: list | None, sig: dict[str, tuple[list[int], str]], what: str,
+                  version: int) -> tuple[str | None, int | None]:
         """(format the codebook is stored in, or None when it is not stored; a fixed-point layer's frac width).
 
         The layer's chain must end in its quantizer: a `KMeansWeight` (its
-        ``codebook`` spec, default float32, is the codebook's format; version
-        1: always float32) or a `FixedPoint` of ``bits`` width (version 2
-        stores no codebook: it is the grid of the spec's widths).
+        ``codebook`` spec, a 16-bit float, is the codebook's format; absent or
+        float32: the dtype its centroids are recorded in, the weight's, see
+        `machop.nn.codes.codebook_format`; version 1: always float32) or a
+        `FixedPoint` of ``bits`` width (version 2 stores no codebook: it is
+        the grid of the spec's widths).
         """
         last = chain[-1] if chain else None
         cls = last.get("class") if isinstance(last, dict) else None
@@ -529,7 +542,12 @@ class _Layer:
             fmt = spec.get("codebook", "float32")
             _need(isinstance(fmt, str) and fmt in FLOAT_FORMATS,
                   f"{what}: codebook format must be one of {', '.join(FLOAT_FORMATS)}, got {short(fmt)}")
-            return ("float32" if version < 2 else fmt), None
+            if version < 2:
+                return "float32", None
+            centroids = sig.get(f"{self.prefix}{len(chain) - 1}.centroids")
+            _need(centroids is not None and centroids[0] == [self.k] and centroids[1] in _FLOAT_DTYPES,
+                  f"{what}: its KMeansWeight's centroids must be recorded as {self.k} floats, got {short(centroids)}")
+            return codebook_format(fmt, centroids[1]), None
         _need(spec.get("width") == self.bits, f"{what}: {self.bits} bits, but its FixedPoint is {short(spec.get('width'))} wide")
         frac = _int(spec.get("frac_width"), f"{what}: frac_width", 0, MAX_FRAC_WIDTH)
         return ("float32" if version < 2 else None), frac
@@ -674,13 +692,20 @@ class _Decoder:
 
     # ------------------------------------------------------------------ 1. the target
     def target(self, graph: MaseGraph | None, model: nn.Module | MaseGraph | None,
-               context: PassContext | None) -> tuple[MaseGraph, bool]:
-        """(graph to load into, whether the file's structure must be re-created on it); architecture checked."""
+               context: PassContext | None, saved_class: str | None = None) -> tuple[MaseGraph, bool]:
+        """(graph to load into, whether the file's structure must be re-created on it); architecture checked.
+
+        A graph or model of your own must be of the class the file records
+        (or ``saved_class``: `machop.ir.serialize.check_class`); a shrunk
+        one is resized to the file's shapes (`fit_to_file`), checked first.
+        """
         hdr = self.hdr
         if graph is not None:
+            ctx_name = graph.context.model_name
+            if ctx_name is None:  # a registry graph is checked by name below
+                self._fit(check_class, hdr.structure, graph, self.name, saved_class)
             if same_signature(state_signature(graph.model), hdr.signature):
                 return graph, False
-            ctx_name = graph.context.model_name
             if ctx_name is not None and ctx_name != hdr.model_name:
                 raise self.fail(
                     f"file holds a {hdr.model_name or hdr.structure.get('class')}, the graph is a {ctx_name}")
@@ -689,6 +714,8 @@ class _Decoder:
                     raise self.fail("the graph already holds masks or codebooks that differ from the file's; "
                                     "decode into a fresh model")
                 return self._fresh(graph), True
+            if ctx_name is None:
+                self._fit(fit_to_file, graph.model, hdr.signature, hdr.structure, self.name)
             try:
                 self._check_architecture(graph.model)
             except CompressedFileError:
@@ -698,12 +725,20 @@ class _Decoder:
             return graph, True
         if model is not None:
             try:
-                graph = base_graph(hdr.structure, model, self.name, context)
+                graph = base_graph(hdr.structure, model, self.name, context, signature=hdr.signature,
+                                   saved_class=saved_class)  # the class checked, a shrunk model resized
             except ValueError as e:  # machop.ir.serialize checks the structure record too
                 raise self.fail(_without(str(e), self.name)) from None
             self._check_architecture(graph.model)
             return graph, True
         return self._registry_graph(context), True
+
+    def _fit(self, check, *args) -> None:
+        """``check(*args)`` (`check_class`, `fit_to_file`), its one-line ValueError as this file's `CompressedFileError`."""
+        try:
+            check(*args)
+        except ValueError as e:
+            raise self.fail(_without(str(e), self.name)) from None
 
     def _fresh(self, graph: MaseGraph) -> MaseGraph:
         """A new graph of the registry model ``graph``'s context names, keeping its context, dummy input, device."""
@@ -827,7 +862,8 @@ class _Decoder:
         if layer.codebook_format is None:  # version 2 fixed point: the grid of the recorded widths
             codebook = fixed_point_grid(layer.bits, layer.frac_width)
         else:
-            codebook = _tensor_from(data[v_len + g_len :], [layer.k], layer.codebook_format).to(torch.float32)
+            # in its stored format: load_weight_codes casts it to the centroids' dtype (exact)
+            codebook = _tensor_from(data[v_len + g_len :], [layer.k], layer.codebook_format)
         flat_codes = np.zeros(layer.numel, dtype=np.int64)
         flat_codes[positions] = values
         flat_mask = np.zeros(layer.numel, dtype=bool)
@@ -876,10 +912,11 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def _decode(header: dict, sections: dict[str, bytes], file_bytes: int, graph: MaseGraph | None, name: str,
-            context: PassContext | None, model: nn.Module | MaseGraph | None, version: int) -> MaseGraph:
+            context: PassContext | None, model: nn.Module | MaseGraph | None, version: int,
+            saved_class: str | None = None) -> MaseGraph:
     hdr = _Header(header, {n: len(d) for n, d in sections.items()}, name, version)
     decoder = _Decoder(hdr, sections, file_bytes)
-    graph, structured = decoder.target(graph, model, context)
+    graph, structured = decoder.target(graph, model, context, saved_class)
     state = decoder.state(graph, structured)
     codes = decoder.codes(graph)
     decoder.load(graph, state, codes)
@@ -892,13 +929,16 @@ def decode_model(
     name: str = "compressed file",
     context: PassContext | None = None,
     model: nn.Module | MaseGraph | None = None,
+    saved_class: str | None = None,
 ) -> MaseGraph:
     """Load a compressed file (``data``: its bytes) into a graph; returns the graph that holds the decoded model.
 
     - ``graph`` with the file's exact state-dict layout (e.g. the graph
       that was encoded): loaded in place.
     - ``graph`` of the file's dense architecture with no masks or codebooks
-      (e.g. ``MaseGraph(MyNet())``): the file's structure is re-created on it.
+      (e.g. ``MaseGraph(MyNet())``): the file's structure is re-created on it
+      (a shrunk model's layers first resized to the file's shapes, none
+      larger than the model's).
     - ``graph`` of a registry model with another structure: a new graph of
       that model is built, keeping ``graph.context`` and ``graph.dummy_input``.
     - ``graph`` None: ``model`` if given (your own model, or a MaseGraph of
@@ -909,6 +949,10 @@ def decode_model(
     - anything else: CompressedFileError naming the first mismatching
       tensor, raised before any weight is touched.
 
+    A graph or model of your own must be of the class the file records: a
+    file of a ``TinyNet`` is refused by an ``OtherNet`` even of the same
+    shapes; ``saved_class="OldName"`` opens it into a class renamed since.
+
     Order: the container and every header field are checked (nothing
     decoded), then the target model is chosen and the file's tensors are
     checked against it, and only then is anything decoded or allocated, each
@@ -916,7 +960,7 @@ def decode_model(
     refusal is a one-line `CompressedFileError` prefixed with ``name``.
     """
     header, sections = unpack_container(data, name)
-    return _decode(header, sections, len(data), graph, name, context, model, version_of(data))
+    return _decode(header, sections, len(data), graph, name, context, model, version_of(data), saved_class)
 
 
 def read_file(path: str | os.PathLike) -> bytes:

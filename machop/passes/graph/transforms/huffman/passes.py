@@ -7,12 +7,17 @@ index_bits = 5         # width of a relative position (gap) symbol, 1..16; a lon
 allow_raw = false      # true: store compressible weights that are not quantized uncompressed instead of failing
 path = "NA"            # file to write/read; default: <graph.context.output_dir>/model.mchz
 verify = true          # huffman: check the decoded model's outputs equal the encoded one's, bit for bit
+saved_class = "NA"     # huffman_decode: the class the file was saved from, when yours has been renamed since
 ```
+
+A file opens only into a model of the class it records (``MyNet``'s file
+into a graph of ``MyNet()``): two classes with the same shapes would take
+each other's weights silently. ``saved_class`` names the recorded class
+for a class renamed since.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +29,8 @@ from torch.nn.utils import parametrize
 
 from machop.config import ConfigError, check_path, check_range, from_dict, join, pass_path
 from machop.files import BadFileError, NoSuchFile, output_problem
-from machop.ir import MaseGraph, PassContext
+from machop.ir import MaseGraph, PassContext, copy_model
+from machop.ir.serialize import class_name
 from machop.nn import is_rebuildable, weight_codes
 
 from .format import write_atomic
@@ -44,9 +50,12 @@ class HuffmanArgs:
     allow_raw: bool = False
     path: str | None = None
     verify: bool = True
+    saved_class: str | None = None
 
     def validate(self, path: str) -> None:
         check_range(self.index_bits, join(path, "index_bits"), 1, 16)
+        if self.saved_class is not None and not self.saved_class.isidentifier():
+            raise ConfigError(join(path, "saved_class"), f"must be a class name or \"NA\", got {self.saved_class!r}")
         if self.path is not None and not self.path.strip():
             raise ConfigError(join(path, "path"), "must be a file path or \"NA\", got an empty string")
         check_path(self.path, join(path, "path"))
@@ -118,18 +127,24 @@ def huffman_encode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tupl
     """
     path = pass_path(graph.context.step, "passes.huffman_encode")
     args = parse_huffman_args(pass_args, path)
+    _decode_only(args, path)
     if not args.is_huffman:
         return graph, {"is_huffman": False}
     return graph, _encode(graph, args, path)
 
 
 def huffman_decode_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
-    """Load a compressed file into ``graph`` (see `decode_model` for when a new graph is returned)."""
+    """Load a compressed file into ``graph`` (see `decode_model` for when a new graph is returned).
+
+    A graph of your own model must be of the class the file records
+    (``saved_class``: the class it was saved as, for a renamed one); a
+    shrunk model's graph is resized to the file's shapes first.
+    """
     path = pass_path(graph.context.step, "passes.huffman_decode")
     args = parse_huffman_args(pass_args, path)
     if not args.is_huffman:
         return graph, {"is_huffman": False}
-    return _decode(graph, compressed_path(graph, args, path))
+    return _decode(graph, compressed_path(graph, args, path), args.saved_class)
 
 
 def huffman_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
@@ -143,6 +158,7 @@ def huffman_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseG
     """
     path = pass_path(graph.context.step, "passes.huffman")
     args = parse_huffman_args(pass_args, path)
+    _decode_only(args, path)
     if not args.is_huffman:
         return graph, {"is_huffman": False}
     batch = _check_batch(graph) if args.verify else None
@@ -163,6 +179,13 @@ def huffman_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseG
     return graph, info
 
 
+def _decode_only(args: HuffmanArgs, path: str) -> None:
+    """Refuse ``saved_class`` on a step that writes the file: it names the class of a file being read."""
+    if args.saved_class is not None:
+        raise ConfigError(join(path, "saved_class"), "only huffman_decode reads a file saved from another class; "
+                                                     "remove it here")
+
+
 def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
     target = compressed_path(graph, args, key_path)
     data, report = encode_model(graph, index_bits=args.index_bits, allow_raw=args.allow_raw)
@@ -176,19 +199,23 @@ def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
     return {"is_huffman": True, "path": str(target), "file_bytes": file_bytes, **report}
 
 
-def _decode(graph: MaseGraph, source: Path) -> tuple[MaseGraph, dict]:
+def _decode(graph: MaseGraph, source: Path, saved_class: str | None = None) -> tuple[MaseGraph, dict]:
     """Decode ``source`` into ``graph`` (see `decode_model`); a missing file is `machop.files.NoSuchFile`."""
-    graph = decode_model(read_file(source), graph, name=str(source))
+    graph = decode_model(read_file(source), graph, name=str(source), saved_class=saved_class)
     return graph, {"is_huffman": True, "path": str(source), "file_bytes": os.path.getsize(source)}
 
 
 def load_compressed(
-    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None
+    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None,
+    saved_class: str | None = None,
 ) -> MaseGraph:
     """A MaseGraph decoded from a compressed file.
 
-    ``model``: your own model (or a MaseGraph of it) to decode into; its
-    architecture is checked against the file first. None: the registry
+    ``model``: your own model (or a MaseGraph of it) to decode into, of the
+    class the file records (``saved_class="OldName"``: the class it was
+    saved as, for a class renamed since); its architecture is checked
+    against the file first, a shrunk model's layers resized to the file's
+    shapes (none larger than the model's). None: the registry
     model ``context`` names (built for its ``dataset_info``), else the one the
     file names. ``context`` (default: a new one) becomes the graph's context.
     Any file that cannot be used raises a one-line `CompressedFileError`
@@ -196,7 +223,7 @@ def load_compressed(
     FileNotFoundError), before anything of it is decoded when its header,
     size or architecture is wrong.
     """
-    return decode_model(read_file(path), None, name=str(path), context=context, model=model)
+    return decode_model(read_file(path), None, name=str(path), context=context, model=model, saved_class=saved_class)
 
 
 def dense_copy(graph: MaseGraph) -> MaseGraph:
@@ -206,7 +233,9 @@ def dense_copy(graph: MaseGraph) -> MaseGraph:
     delete the weight property from the parametrized class the copy shares
     with the original, so each copied module gets its plain class back instead.)
     """
-    copied = MaseGraph(copy.deepcopy(graph.model), context=graph.context)
+    model = copy_model(graph.model)
+    type(model).__name__ = class_name(graph.model)  # fx's deepcopy names its own new class "GraphModule"
+    copied = MaseGraph(model, context=graph.context)
     for node in [n for n in copied.nodes if n.op == "call_module" and is_rebuildable(copied.module_of(n))]:
         copied.remove_module_node(node)
     for module in list(copied.model.modules()):

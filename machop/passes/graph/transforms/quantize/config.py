@@ -57,8 +57,11 @@ before the last fine-tune and the decoded model stays bit-identical.
 not a compressible weight and has no parametrization yet (biases of layers
 left alone or k-means layers without ``bias``, batch-norm weight and bias,
 ...); a fixed-point bias keeps its fixed point. Buffers (batch-norm running
-statistics) cannot be parametrized: they stay as they are (float32).
-``"float32"`` (the default) leaves everything as before.
+statistics) cannot be parametrized: they stay as they are (in their dtype).
+``"float32"`` (the default) leaves everything as before: in the model's own
+dtype (a float64, float16 or bfloat16 model keeps it; its k-means centroids
+are in the weight's dtype, its fixed point is computed in float32, float64
+for float64, and cast back).
 
 ``weight_bits = "auto"`` lets the pass choose each such layer's width
 (1..8) from the layers' sensitivity to weight sharing: every auto layer is

@@ -142,16 +142,19 @@ def quantize_kmeans(w: Weight, bits: int, cfg: KMeansConfig, generator: torch.Ge
     """Share the weight's kept values among at most ``2**bits`` centroids; returns clustering figures.
 
     The weights the prune mask keeps (all, if unpruned: exact zeros are then
-    ordinary values) are clustered; pruned weights stay exactly zero.
+    ordinary values) are clustered; pruned weights stay exactly zero. The
+    clustering runs in float64; the centroids are stored in the weight's
+    dtype (rounded to it: a float16, bfloat16 or float64 model keeps its
+    dtype), so ``weight = centroids[index] * mask`` is in that dtype.
     """
     with torch.no_grad():
         weight = w.value()
         mask = get_mask(w.module, w.tensor_name)
         values = weight.reshape(-1) if mask is None else torch.masked_select(weight, mask)
         result = kmeans_1d(values, 2**bits, cfg.init, cfg.max_iter, cfg.tol, generator)
-        centroids = result.centroids.to(torch.float32)
+        centroids = result.centroids.to(weight.dtype)
         if centroids.numel() == 0:  # fully pruned: one (unused) centroid keeps the indexing valid
-            centroids = torch.zeros(1, dtype=torch.float32, device=weight.device)
+            centroids = torch.zeros(1, dtype=weight.dtype, device=weight.device)
         labels = result.labels.to(index_dtype(centroids.numel()))
         if mask is None:
             mask = torch.ones_like(weight, dtype=torch.bool)
@@ -232,7 +235,7 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
     """Quantize the weights ``[passes.quantize]`` selects (see `config` for the table).
 
     Returns ``info = {"by", "layers": [row, ...], "skipped": [{name, reason}], "float_inputs": [{name, reason}],
-    "total"}``, one row per quantized weight (see `summarize_quantization` for the columns; k-means rows add
+    "total", "uncompressed"}`` (``uncompressed``: parameters no pass compresses, with the reason), one row per quantized weight (see `summarize_quantization` for the columns; k-means rows add
     ``n_iter``, ``converged``, ``sse`` and ``relocation``), also written to its node's
     ``graph.meta(node)["software"]["quantize"]``. With ``weight_bits = "auto"`` it adds ``sensitivity``
     (the measured curves), ``allocation`` (the chosen widths) and ``table`` (this step written out).
@@ -269,7 +272,8 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
     side = compact_side(graph, args.side) if args.side != "float32" else []
     if side:
         logger.info("side parameters rounded to %s: %s", args.side, ", ".join(side))
-    info = {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs, "total": totals(rows)}
+    info = {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs, "total": totals(rows),
+            "uncompressed": graph.uncompressed()}
     if args.side != "float32":
         info["side"] = {"format": args.side, "tensors": side}
     if sens is not None:

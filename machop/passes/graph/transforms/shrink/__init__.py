@@ -71,16 +71,17 @@ restricted to the kept channels (a later prune or train step keeps them).
 A model already quantized (k-means codebook, fixed point) is refused:
 shrink before quantizing.
 
-**Files.** A shrunk registry model is no longer the registry's architecture:
-the pass sets ``graph.context.shrunk`` (``info["registry_model"]`` names
-the model), so the files written afterwards (`save_graph`, Huffman) record
-``"shrunk": true`` next to the registry name, and load by name like any
-registry model's (``load_graph(path)``, ``load_compressed(path)``, ``./ch test
---load``, ``load_name``): the loader builds the registry model, resizes its
-Conv/Linear/BatchNorm layers to the shapes the file records (none may be
-larger than the registry's), checks the architecture and loads. For your own
-model, `shrunk_like` (`machop.ir.serialize`) builds that skeleton:
-``load_graph(path, model=shrunk_like(MyNet(), path))``.
+**Files.** A shrunk model is no longer its class's architecture: the pass
+sets ``graph.context.shrunk``, so the files written afterwards
+(`save_graph`, Huffman) record ``"shrunk": true``. A registry model's file
+loads by name like any registry model's (``load_graph(path)``,
+``load_compressed(path)``, ``./ch test --load``, ``load_name``;
+``info["registry_model"]`` names it); a file of your own model opens into
+a fresh instance of its class (``load_compressed(path, model=MyNet())``,
+``load_graph(path, model=MyNet())``, ``huffman_decode``). Either way the
+loader resizes the model's Conv/Linear/BatchNorm layers to the shapes the
+file records (none may be larger than the model's, nor of another kernel:
+checked on the meta device first), checks the architecture and loads.
 """
 
 from machop.ir.serialize import shrunk_like

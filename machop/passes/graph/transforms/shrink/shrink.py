@@ -367,8 +367,8 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
 
     after_info = collect_pruning_info(graph)["totals"]
     registry = graph.context.model_name
-    if layers and registry is not None:
-        graph.context.shrunk = True  # smaller than the registry's architecture: files record it and load by name
+    if layers:
+        graph.context.shrunk = True  # smaller than its class's architecture: files record it, loaders resize
     info = {
         "layers": layers,
         "totals": {

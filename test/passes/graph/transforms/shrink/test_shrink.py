@@ -542,7 +542,7 @@ def test_shrunk_file_is_checked_as_strictly_as_any(tmp_path):
     _rewrite(plain, unshrink)
     assert "does not fit the model" in errors(plain)
 
-    # "shrunk" must be a boolean, and only with a registry model
+    # "shrunk" must be a boolean
     for bad in ('"yes"', "1"):
         odd = tmp_path / "odd.pt"
         odd.write_bytes(path.read_bytes())
