@@ -866,5 +866,5 @@ def shrunk_like(model: nn.Module | MaseGraph, source) -> nn.Module | MaseGraph:
     by name: `registry_skeleton`.)
     """
     root = model.model if isinstance(model, MaseGraph) else model
-    resize_layers(root, _shapes(source))
+    resize_layers(root, _shapes(source), bounded=True)
     return model

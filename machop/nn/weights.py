@@ -19,7 +19,7 @@ act on every site, so a tie is never broken.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
