@@ -40,12 +40,22 @@ def _no_weights(module: nn.Module) -> list[str]:
     return []
 
 
-def _has(module: nn.Module, name: str) -> bool:
-    return parametrize.is_parametrized(module, name) or module._parameters.get(name) is not None
+def has_tensor(module: nn.Module, name: str) -> bool:
+    """True if ``module.name`` is a parameter (plain or parametrized) that is not None."""
+    if parametrize.is_parametrized(module, name):
+        return True
+    return module._parameters.get(name) is not None
+
+
+def stored(module: nn.Module, name: str) -> torch.Tensor:
+    """The tensor held for ``module.name``: the original under a parametrization, else the parameter."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return module._parameters[name]
 
 
 def _attention(module: nn.Module) -> list[str]:
-    own = [n for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight") if _has(module, n)]
+    own = [n for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight") if has_tensor(module, n)]
     return own + ["out_proj.weight"]
 
 
@@ -257,12 +267,6 @@ def plain_copy(module: nn.Module) -> nn.Module:
     return new
 
 
-def _stored(module: nn.Module, name: str) -> torch.Tensor | None:
-    if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original
-    return module._parameters.get(name)
-
-
 def _param(value: torch.Tensor, like: torch.Tensor | None) -> nn.Parameter:
     return nn.Parameter(value.detach().clone().contiguous(), requires_grad=like.requires_grad if like is not None else True)
 
@@ -281,7 +285,8 @@ def sliced(module: nn.Module, out_idx: torch.Tensor, in_idx: torch.Tensor, weigh
     """
     kind = kind_of(module)
     new = plain_copy(module)
-    w0, b0 = _stored(module, "weight"), _stored(module, "bias")
+    w0 = stored(module, "weight")
+    b0 = stored(module, "bias") if has_tensor(module, "bias") else None
     if kind.flow == "norm":
         for name, p in module._parameters.items():
             new._parameters[name] = None if p is None else _param(p.detach().index_select(0, out_idx.to(p.device)), p)

@@ -28,25 +28,11 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm, remove_spectral_norm
 from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
 
-from .layers import PARAMETER, LayerKind, compressed_kind
+from .layers import PARAMETER, LayerKind, compressed_kind, has_tensor, stored
 from .rebuild import is_rebuildable
 
 
 # --------------------------------------------------------------------------- tensors and their sites
-
-
-def has_tensor(module: nn.Module, name: str) -> bool:
-    """True if ``module.name`` is a parameter (plain or parametrized) that is not None."""
-    if parametrize.is_parametrized(module, name):
-        return True
-    return module._parameters.get(name) is not None
-
-
-def stored(module: nn.Module, name: str) -> torch.Tensor:
-    """The tensor held for ``module.name``: the original under a parametrization, else the parameter."""
-    if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original
-    return module._parameters[name]
 
 
 Site = tuple[str, nn.Module, str]

@@ -62,7 +62,8 @@ def prune_weights(graph: MaseGraph, args: WeightPruneArgs, targets: list[Target]
     scorer = WEIGHT_METHODS[(args.scope, args.granularity)][args.method]
     generator = torch.Generator().manual_seed(seed)
     targets = active(targets, args)
-    readers = _readers(graph) if args.method in NEEDS_DOWNSTREAM and targets else None
+    grouped = args.scope == "local" and args.granularity == "channelwise" and args.group is not False
+    followed = _follow(graph) if targets and (grouped or args.method in NEEDS_DOWNSTREAM) else None
 
     def groups_of(t: Target, w: torch.Tensor) -> torch.Tensor:
         return group_view(w, args.granularity, t.kind.channel_dim)
@@ -71,8 +72,8 @@ def prune_weights(graph: MaseGraph, args: WeightPruneArgs, targets: list[Target]
         w = t.weight.value()
         downstream = None
         if args.method in NEEDS_DOWNSTREAM:
-            if readers is not None and t.kind.channel_dim == 0 and len(t.weight.sites) == 1:
-                downstream = reader_weights(*readers, t.weight.qualname)
+            if followed is not None and t.kind.channel_dim == 0 and len(t.weight.sites) == 1:
+                downstream = reader_weights(*followed, t.weight.qualname)
             if downstream is None:
                 logger.info("%s: the layers reading its channels cannot be followed; %s uses the filter norm only",
                             t.name, args.method)
@@ -88,8 +89,8 @@ def prune_weights(graph: MaseGraph, args: WeightPruneArgs, targets: list[Target]
     if args.scope == "local":
         scores = {t.name: scores_of(t) for t in targets}
         together: dict[str, torch.Tensor] = {}
-        if args.granularity == "channelwise" and args.group is not False and targets:
-            together, coupled = _coupled_keeps(graph, targets, scores)
+        if grouped and followed is not None:
+            together, coupled = _coupled_keeps(graph, couplings(followed[0]), targets, scores)
         for t in targets:
             if t.name not in together:
                 together[t.name] = lowest_k_mask(scores[t.name], prune_count(t.sparsity, scores[t.name].numel()))
@@ -121,28 +122,25 @@ def pruned_weights(targets: list[Target]) -> int:
     return sum(int((~get_mask(t.weight.module, t.weight.tensor_name)).sum()) for t in targets)
 
 
-def _readers(graph: MaseGraph) -> tuple[Analysis, dict[str, torch.Tensor]] | None:
-    """The channel analysis ``*-norm-multi`` reads its readers from (see `analysis.channels.reader_weights`)."""
+def _follow(graph: MaseGraph) -> tuple[Analysis, dict[str, torch.Tensor]] | None:
+    """The channel analysis of the weights as the pass starts, and those weights: what coupled channels and
+    ``*-norm-multi``'s readers (`analysis.channels.reader_weights`) are read from; None without an input shape."""
     weights = effective_weights(graph.model)
     try:
         return follow(graph, weights), weights
     except ValueError as e:  # no input shape to follow channels with
-        logger.warning("channelwise pruning: the layers reading each channel are not followed: %s", e)
+        logger.warning("channelwise pruning: channels are not followed (coupled channels are pruned alone, "
+                       "*-norm-multi uses the filter norm only): %s", e)
         return None
 
 
-def _coupled_keeps(graph: MaseGraph, targets: list[Target], scores: dict[str, torch.Tensor]
+def _coupled_keeps(graph: MaseGraph, groups: list[Coupling], targets: list[Target], scores: dict[str, torch.Tensor]
                    ) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Keep vectors of the targets whose output channels are coupled to other layers', chosen together.
+    """Keep vectors of the targets whose output channels are coupled (``groups``) to other layers', chosen together.
 
     Returns ``({target name: keep}, report)``; targets not in the dict are
     pruned alone. See the module doc.
     """
-    try:
-        groups = couplings(follow(graph))
-    except ValueError as e:  # no input shape to follow channels with
-        logger.warning("channelwise pruning: coupled channels are not pruned together: %s", e)
-        return {}, []
     by_module = {t.weight.qualname: t for t in targets
                  if t.kind.channel_dim == 0 and t.weight.tensor_name == "weight" and len(t.weight.sites) == 1}
     names = graph.node_names()

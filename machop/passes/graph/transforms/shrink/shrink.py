@@ -25,6 +25,7 @@ from machop.nn import (
     dense_parameter_count,
     flow_of,
     get_mask,
+    has_tensor,
     kind_of,
     module_paths,
     resizable,
@@ -98,7 +99,7 @@ def _replace(gm: nn.Module, qualname: str, new: nn.Module) -> None:
 
 
 def _stored(m: nn.Module, name: str) -> torch.Tensor | None:
-    return stored(m, name) if m._parameters.get(name) is not None or parametrize.is_parametrized(m, name) else None
+    return stored(m, name) if has_tensor(m, name) else None
 
 
 def _mask_how(m: nn.Module) -> dict | None:
