@@ -33,8 +33,8 @@ from dahuffman import HuffmanCodec
 from machop.datasets import get_dataset_info
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
-from machop.passes.graph.transforms.huffman import codec
-from machop.passes.graph.transforms.huffman.model import encode_model, gap_encode
+from machop.ir.mchz import codec
+from machop.ir.mchz.model import encode_model, gap_encode
 from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.nn import weight_codes
 from machop.passes.graph.transforms.quantize import quantize_transform_pass

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from machop.config import ConfigError, choices, one_line
+from machop.config import Config, ConfigError, cap_epochs, choices, config_data, from_dict, one_line
 from machop.files import BadFileError
 
 ACTIONS = {
@@ -22,7 +22,14 @@ ACTIONS = {
     "train": "train a model from the registry; save the best checkpoint by val_acc",
     "test": "evaluate a checkpoint (pl, pt, mz or a huffman compressed file) on the test split",
     "transform": "run the [passes.*] tables of a TOML config in order and write a report",
+    "export": "write a file machop made (pl, pt, mz or huffman; type read from the file) as ONNX",
 }
+TRAINING_ACTIONS = ("train", "transform")
+MAX_EPOCHS_ALL_HELP = (
+    "cap every training of the run at N epochs: the baseline, every train/retrain step and every gradual prune "
+    "(its ramp scaled to fit); a quick run. Precedence: a step trains min(N, its own max_epochs), its own being "
+    "its [training]/[trainer] table's, else --max-epochs, else the config's top-level max_epochs"
+)
 
 # Config key → (option strings, type, help): the first string is the option's name in errors and help;
 # the others are MASE's spellings of the same option
@@ -31,9 +38,10 @@ RUN_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any] | None, str]]
     "dataset": (("--dataset",), str, "dataset name (fashion_mnist, mnist, colored_mnist, colored_fashion_mnist, "
                                      "cifar10); or the DATASET positional"),
     "load_name": (("--load",), str, "checkpoint to load (Config key load_name)"),
-    "load_type": (("--load-type",), str, " | ".join(choices("load_type"))),
+    "load_type": (("--load-type",), str, " | ".join(choices("load_type")) + "; default: read from the file"),
     "batch_size": (("--batch-size",), int, "batch size"),
-    "max_epochs": (("--max-epochs",), int, "training epochs"),
+    "max_epochs": (("--max-epochs",), int, "training epochs (the run's; a step's own table overrides it; see "
+                                           "--max-epochs-all)"),
     "max_steps": (("--max-steps",), int, "stop after this many optimizer steps (-1: no limit)"),
     "learning_rate": (("--learning-rate",), float, "learning rate"),
     "optimizer": (("--optimizer", "--training-optimizer"), str, " | ".join(choices("optimizer"))),
@@ -142,7 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(*flags, dest=key, type=tp or _number_or_auto, action=_Store, metavar=metavar, help=help_opt,
                            default=None)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if action in TRAINING_ACTIONS:
+            p.add_argument("--max-epochs-all", type=int, metavar="N", default=None, help=MAX_EPOCHS_ALL_HELP)
+        if action == "export":
+            p.add_argument("--output", metavar="PATH.onnx", default=None, help="the ONNX file to write (required)")
+            p.add_argument("--int8", action="store_true", help="the export pass's int8 option")
     return parser
+
+
+def action_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The action's own options (not Config keys): ``max_epochs_all``, export's ``output`` and ``int8``."""
+    return {key: getattr(args, key) for key in ("max_epochs_all", "output", "int8") if hasattr(args, key)}
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
@@ -203,6 +221,16 @@ def failure(e: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def early_check(config_path: str | None, overrides: dict, options: dict) -> None:
+    """The config's own values checked before torch and Lightning are imported, so that a typo is answered in
+    a fraction of a second: the file, every top-level key and value, ``--max-epochs-all``. (Pass tables are
+    checked by their passes after the import; the graph checks follow, all before step 1.)"""
+    data = config_data(config_path, overrides)
+    if options.get("max_epochs_all") is not None:
+        data = cap_epochs(data, options["max_epochs_all"])
+    from_dict(Config, data)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return setup(dev=args.dev)
     overrides = overrides_from_args(args)
+    options = action_options(args)
     try:
         with interruptible():
+            early_check(args.config, overrides, options)
             from machop.actions.run import run_action  # imports torch: not before `ch setup` has installed it
 
-            return run_action(args.action, args.config, overrides, progress=not args.no_progress)
+            return run_action(args.action, args.config, overrides, progress=not args.no_progress, options=options)
     except BaseException as e:
         known = failure(e)
         if known is None:

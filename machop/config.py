@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, Union
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_NAME_LENGTH = 100
+MAX_NAME_BYTES = 200  # of UTF-8: a name becomes part of a file name (255 bytes on most file systems)
 INT64 = (-(1 << 63), (1 << 63) - 1)
 SEED_RANGE = (0, (1 << 32) - 1)  # Lightning's seed_everything (numpy's seed range)
 
@@ -158,7 +159,10 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         allowed = f"allowed keys: {', '.join(sorted(fields))}" if fields else "this pass takes no options"
-        raise ConfigError(join(path, unknown[0]), f"unknown key; {allowed}")
+        if len(unknown) == 1:
+            raise ConfigError(join(path, unknown[0]), f"unknown key; {allowed}")
+        names = ", ".join(join(path, _toml_key(k)) for k in unknown)  # all at once: a config from elsewhere
+        raise ConfigError("", f"{len(unknown)} unknown keys: {names}; {allowed}")
     kwargs = {f.name: convert(hints[f.name], data[key], join(path, key)) for key, f in fields.items() if key in data}
     missing = [
         key for key, f in fields.items()
@@ -206,7 +210,9 @@ def check_name(value: str | None, path: str) -> None:
     """A file name, not a path: it becomes one folder under the output directory, never outside it.
 
     Refused: an empty name, ``.`` and ``..``, path separators, NUL and other
-    control characters, and names over `MAX_NAME_LENGTH` characters.
+    control characters, and names over `MAX_NAME_LENGTH` characters or
+    `MAX_NAME_BYTES` bytes of UTF-8 (file systems count bytes: 85 CJK
+    characters are 255 of them).
     """
     if value is None:
         return
@@ -214,6 +220,10 @@ def check_name(value: str | None, path: str) -> None:
         raise ConfigError(path, "must be a name, got an empty string")
     if len(value) > MAX_NAME_LENGTH:
         raise ConfigError(path, f"must be a name of at most {MAX_NAME_LENGTH} characters, got {len(value)}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(path, f"must be a name of at most {MAX_NAME_BYTES} bytes in UTF-8 (it becomes part of a "
+                                f"file name), got {size} bytes in {len(value)} characters")
     if not value.isprintable():
         raise ConfigError(path, f"must be a name without control characters, got {value!r}")
     if "/" in value or "\\" in value or value in (".", ".."):
@@ -358,8 +368,6 @@ class Config(TrainSettings):
         check_name(self.project, join(path, "project"))
         for key in ("project_dir", "data_dir", "load_name"):
             check_path(getattr(self, key), join(path, key))
-        if self.load_name is not None and self.load_type is None:
-            raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz, huffman")
         for label, table in self.passes.items():
             check_name(label, join("passes", _toml_key(label)))  # a train step's default checkpoint folder
             if not isinstance(table, dict):
@@ -403,47 +411,104 @@ def read_toml(path: str | os.PathLike) -> dict:
         raise ConfigError("--config", f"{p} is not valid TOML ({e})") from None
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults < TOML file at ``path`` < ``overrides`` (command-line values, None = not given)."""
+def config_data(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    """The TOML file at ``path`` with ``overrides`` (command-line values, None = not given) put over it, unchecked."""
     data = read_toml(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
-    return from_dict(Config, data)
+    return data
 
 
-def to_toml(data: dict, prefix: str = "") -> str:
-    """Write a dict (the effective config) as TOML; ``None`` becomes ``"NA"``."""
-    scalars, tables = [], []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            scalars.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    out = []
-    if scalars or (prefix and not tables):  # an empty table is a step too ([passes.test])
-        if prefix:
-            out.append(f"[{prefix}]")
-        out.extend(scalars)
-        out.append("")
-    for k, v in tables:
-        out.append(to_toml(v, join(prefix, _toml_key(k))))
-    return "\n".join(out)
+TRAIN_PASS_NAMES = ("train", "retrain")
+
+
+def _capped(table: Any, cap: int, default: int) -> tuple[Any, int, int]:
+    """(a step's table with its ``training``/``trainer`` max_epochs capped, its epochs before, after)."""
+    if not isinstance(table, dict):
+        return table, default, default
+    table = dict(table)
+    epochs = default
+    for sub in ("trainer", "training"):  # training's max_epochs is applied last (`step_settings`)
+        inner = table.get(sub)
+        if isinstance(inner, dict) and isinstance(inner.get("max_epochs"), int) and not isinstance(
+                inner.get("max_epochs"), bool):
+            epochs = inner["max_epochs"]
+            table[sub] = {**inner, "max_epochs": min(epochs, cap)}
+    return table, epochs, min(epochs, cap)
+
+
+def cap_epochs(data: dict, cap: int) -> dict:
+    """``data`` (a raw config) with every training capped at ``cap`` epochs: ``--max-epochs-all``.
+
+    The top-level ``max_epochs`` (the baseline and every step that does not
+    set its own) and each ``[passes.X.training|trainer] max_epochs`` of a
+    train step or of a prune step's ``gradual`` table become at most
+    ``cap``. A gradual ramp is scaled by the same factor as its training
+    (``start_epoch`` rounded down, ``ramp_epochs`` at least 1), so that it
+    still ends while the step trains. Values are checked later, as any.
+    """
+    check_range(cap, "--max-epochs-all", 1, 10_000)
+    data = dict(data)
+    top = data.get("max_epochs", TrainSettings.max_epochs)
+    top = top if isinstance(top, int) and not isinstance(top, bool) else TrainSettings.max_epochs
+    data["max_epochs"] = min(top, cap)
+    passes = data.get("passes")
+    if not isinstance(passes, dict):
+        return data
+    out = {}
+    for label, table in passes.items():
+        if isinstance(table, dict) and table.get("pass", label) in TRAIN_PASS_NAMES:
+            table = _capped(table, cap, top)[0]
+        elif isinstance(table, dict) and isinstance(table.get("gradual"), dict):
+            gradual, before, after = _capped(table["gradual"], cap, top)
+            for key, lowest in (("start_epoch", 0), ("ramp_epochs", 1)):
+                value = gradual.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and after < before:
+                    gradual[key] = max(lowest, value * after // before)
+            start, ramp = gradual.get("start_epoch", 0), gradual.get("ramp_epochs")
+            if isinstance(start, int) and isinstance(ramp, int) and start + ramp > after >= 1:
+                gradual["start_epoch"] = max(0, after - ramp)
+                gradual["ramp_epochs"] = min(ramp, after)
+            table = {**table, "gradual": gradual}
+        out[label] = table
+    data["passes"] = out
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < TOML file at ``path`` < ``overrides`` (command-line values, None = not given)."""
+    return from_dict(Config, config_data(path, overrides))
+
+
+def to_toml(data: dict) -> str:
+    """Write a dict (the effective config) as TOML with tomli-w; ``None`` becomes ``"NA"``, tuples lists.
+
+    Any key or string (non-ASCII letters, newlines, quotes) reads back with
+    `tomllib` to the same value. tomli-w is imported here, not at the top:
+    this module is imported by ``./ch setup``, which runs before the
+    third-party packages are installed.
+    """
+    import tomli_w
+
+    return tomli_w.dumps(_plain(data))
+
+
+def _plain(v: Any) -> Any:
+    """``v`` with ``None`` as ``"NA"``, tuples as lists, and anything not TOML (a Path) as its string."""
+    if v is None:
+        return "NA"
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
 
 
 def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else '"' + k.replace('"', '\\"') + '"'
-
-
-def _toml_value(v: Any) -> str:
-    if v is None:
-        return '"NA"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return _toml_value(str(v))
+    """``k`` as TOML writes it: bare if ASCII letters, digits, ``_`` and ``-`` only, else quoted."""
+    if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k):
+        return k
+    return '"' + k.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -37,22 +37,85 @@ def plot_layer_sparsity(layers: list[dict], path: Path, title: str = "Weight spa
     return _save(fig, path)
 
 
-def plot_weight_histogram(
-    before: torch.Tensor, after: torch.Tensor, centroids: torch.Tensor | None, layer: str, path: Path
-) -> Path:
-    """Non-zero weights of one layer before and after quantization, centroids marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
-    for ax, w, label in ((axes[0], before, "before quantization"), (axes[1], after, "after quantization")):
-        w = w.detach().flatten()
-        w = w[w != 0].cpu().numpy()
-        ax.hist(w, bins=200, color="#4c72b0")
-        ax.set_title(f"{layer}: {label} ({len(w):,} non-zero)")
-        ax.set_xlabel("weight value")
-    if centroids is not None:
-        for c in centroids.detach().cpu().tolist():
-            axes[1].axvline(c, color="#dd8452", linewidth=0.6, alpha=0.8)
-        axes[1].set_title(axes[1].get_title() + f", {len(centroids)} centroids")
-    axes[0].set_ylabel("count")
+HISTOGRAM_LAYERS = 8  # at most this many layers (the largest) in the weight histogram
+
+
+def plot_weight_histogram(layers: list[dict], path: Path) -> Path:
+    """Each quantized layer's non-zero weights before quantization (grey) and at the end of the run (blue: after
+    any fine-tuning of the centroids), centroids marked.
+
+    ``layers``: dicts with ``layer`` (name), ``before`` and ``after`` (tensors)
+    and ``centroids`` (tensor or None); the `HISTOGRAM_LAYERS` largest are
+    drawn, one row each, in the order given.
+    """
+    shown = sorted(layers, key=lambda d: -d["after"].numel())[:HISTOGRAM_LAYERS]
+    shown = [d for d in layers if any(d is s for s in shown)]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.9 * len(shown) + 0.8), squeeze=False)
+    for ax, d in zip(axes[:, 0], shown):
+        before, after = (t.detach().flatten().float().cpu() for t in (d["before"], d["after"]))
+        before, after = before[before != 0].numpy(), after[after != 0].numpy()
+        both = [v for v in (before, after) if len(v)]
+        lo = min(float(v.min()) for v in both) if both else -1.0
+        hi = max(float(v.max()) for v in both) if both else 1.0
+        bins = torch.linspace(lo, hi if hi > lo else lo + 1e-6, 121).numpy()
+        ax.hist(before, bins=bins, color="#999999", alpha=0.6, label="before quantization")
+        ax.hist(after, bins=bins, color="#4c72b0", alpha=0.8, label="end of the run")
+        centroids = d.get("centroids")
+        text = f"{d['layer']}: {len(after):,} non-zero"
+        if centroids is not None:
+            for c in centroids.detach().float().cpu().tolist():
+                ax.axvline(c, color="#dd8452", linewidth=0.6, alpha=0.8)
+            text += f", {centroids.numel()} centroids"
+        ax.text(0.01, 0.95, text, transform=ax.transAxes, fontsize=8, va="top", ha="left",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+        ax.set_ylabel("count", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("weight value")
+    more = f" (the {len(shown)} largest of {len(layers)})" if len(layers) > len(shown) else ""
+    fig.suptitle(f"Non-zero weights before and after quantization{more}; orange: centroids", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_size(rows: list[dict], dense_bytes: int, baseline_acc: float | None, path: Path) -> Path:
+    """Test accuracy against size, each evaluated step a point labelled with its name, joined in run order.
+
+    ``rows`` from `machop.report.summary_rows`; steps with the same size and
+    accuracy share one point and one label. Size on a log axis; the dense
+    fp32 size and the baseline accuracy dashed.
+    """
+    points: list[tuple[float, float, list[str]]] = []
+    for r in rows:
+        if r["test_acc"] is None:
+            continue
+        size = r["size_bytes"] / 1024
+        if points and points[-1][0] == size and points[-1][1] == r["test_acc"]:
+            points[-1][2].append(r["step"])
+        else:
+            points.append((size, r["test_acc"], [r["step"]]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, "-", color="#4c72b0", alpha=0.4, linewidth=1)
+        ax.scatter(xs, ys, color="#4c72b0", zorder=3, s=25)
+        for i, (x, y, labels) in enumerate(points):
+            ax.annotate(", ".join(labels), (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 == 0 else -12),
+                        fontsize=8)
+        span = max(ys) - min(ys + ([baseline_acc] if baseline_acc is not None else []))
+        low = min(ys + ([baseline_acc] if baseline_acc is not None else []))
+        ax.set_ylim(low - 0.15 * span - 0.005, max(ys + ([baseline_acc] if baseline_acc is not None else []))
+                    + 0.15 * span + 0.005)
+    ax.axvline(dense_bytes / 1024, color="#dd8452", linestyle="--", linewidth=0.8,
+               label=f"dense fp32 ({dense_bytes / 1024:,.0f} KB)")
+    if baseline_acc is not None:
+        ax.axhline(baseline_acc, color="black", linestyle=":", linewidth=0.8, label=f"baseline {baseline_acc:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (KB, log scale; file on disk after Huffman coding, else the estimate)")
+    ax.set_ylabel("test_acc")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Accuracy against size, step by step")
     return _save(fig, path)
 
 
@@ -100,7 +163,10 @@ def plot_sensitivity(sensitivity: dict, path: Path) -> Path:
         handles.setdefault(f"baseline {baseline:.4f}", ax.axhline(baseline, color="black", linestyle="--", linewidth=0.8))
         ax.set_xlabel("sparsity of that layer alone" if panel == "sparsity" else "k-means bits of that layer alone")
         ax.set_ylabel(f"{sensitivity['split']} accuracy ({sensitivity['samples']:,} samples)")
-        ax.set_ylim(-0.02, 1.02)
+        values = [p[1] for layer in layers for p in layer[panel]] + [baseline]
+        lo, hi = min(values), max(values)
+        pad = 0.08 * (hi - lo) + 0.005
+        ax.set_ylim(max(-0.02, lo - pad), min(1.02, hi + pad))  # the curves' own range: small drops stay visible
         ax.grid(alpha=0.3)
         ax.set_title("Accuracy vs sparsity" if panel == "sparsity" else "Accuracy vs k-means bits")
     fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,

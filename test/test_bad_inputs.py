@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
+import math
 import pickle
 import struct
 from collections.abc import Callable
@@ -19,9 +20,9 @@ import pytest
 import torch
 
 from machop.datasets import get_dataset_info
-from machop.ir import MaseGraph, PassContext
+from machop.ir import MaseGraph, PassContext, save_graph
 from machop.models import get_model
-from machop.passes.graph.transforms.huffman import encode_model
+from machop.passes.graph.transforms.huffman import encode_model, huffman_encode_pass
 from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.passes.graph.transforms.quantize import quantize_transform_pass
 
@@ -50,7 +51,7 @@ CONFIG_CASES = [
     ("pass-value-range", "[passes.retrain.training]\nlearning_rate = -1.0\n", [], "passes.retrain.training.learning_rate: must be in (0, 10]"),
     ("pass-bad-optimizer", '[passes.train.training]\noptimizer = "lbfgs"\n', [], "passes.train.training.optimizer: must be one of"),
     ("no-passes", 'model = "lenet5"\n', [], "passes: no [passes.*] table"),
-    ("load-without-type", 'load_name = "x.ckpt"\n' + TRAIN_TABLE, [], "load_type: is required with load_name"),
+    ("load-without-type-missing", 'load_name = "x.ckpt"\n' + TRAIN_TABLE, [], "load_name: no such file: x.ckpt"),
     ("missing-checkpoint", TRAIN_TABLE, ["--load", "missing.ckpt", "--load-type", "pl"], "--load: no such file: missing.ckpt"),
     ("bad-load-type", TRAIN_TABLE, ["--load", "x.ckpt", "--load-type", "onnx"], "--load-type: must be one of"),
     ("devices-word", TRAIN_TABLE, ["--devices", "many"], "--devices: must be a positive integer or 'auto'"),
@@ -214,6 +215,69 @@ FILE_CASES = [
      PRUNE_TABLE, cifar_folder(), "refusing to load global"),
 ]
 
+def lenet5_state(bad: float | None = None, at: str = "fc1.weight") -> dict[str, torch.Tensor]:
+    """A LeNet-5 state dict; with ``bad``, one value of tensor ``at`` set to it (NaN, inf)."""
+    torch.manual_seed(0)
+    state = get_model("lenet5", get_dataset_info("fashion_mnist")).state_dict()
+    if bad is not None:
+        state[at].view(-1)[7] = bad
+    return state
+
+
+def lightning_file(state: dict[str, torch.Tensor]) -> Callable[[Path], bytes]:
+    return torch_file({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 0})
+
+
+EMOJI, CJK = "\N{GRINNING FACE}", "\N{CJK UNIFIED IDEOGRAPH-526A}"  # 4 and 3 bytes of UTF-8
+GRADUAL = ("[passes.prune.weight]\nsparsity = 0.5\n[passes.prune.gradual]\nramp_epochs = 1\n"
+           "[passes.prune.gradual.training]\nmax_epochs = 2\n")
+
+# refused before step 1, with nothing written: checkpoints holding NaN or inf, names of many bytes, a ramp
+# that --max-steps cuts short (known only with the data loaded), MASE sections, a --load-type the file contradicts
+LATE_CASES = [
+    ("ckpt-nan-transform", ["transform", "--load", "w.pt"], PRUNE_TABLE, {"w.pt": torch_file(lenet5_state(math.nan))},
+     "--load: w.pt: tensor fc1.weight holds NaN (1 of 400000 values)"),
+    ("ckpt-inf-lightning", ["transform", "--load", "w.ckpt"], PRUNE_TABLE,
+     {"w.ckpt": lightning_file(lenet5_state(-math.inf, "conv2.bias"))},
+     "--load: w.ckpt: tensor conv2.bias holds inf (1 of 50 values)"),
+    ("ckpt-nan-test", ["test", "--load", "w.pt"], None, {"w.pt": torch_file(lenet5_state(math.nan, "conv1.weight"))},
+     "--load: w.pt: tensor conv1.weight holds NaN"),
+    ("ckpt-nan-train", ["train", "--load", "w.pt", "--load-type", "pt"], None,
+     {"w.pt": torch_file(lenet5_state(math.nan))}, "--load: w.pt: tensor fc1.weight holds NaN"),
+    ("label-100-emoji", ["transform"], f'[passes."{EMOJI * 100}"]\npass = "prune"\n'
+     f'[passes."{EMOJI * 100}".weight]\nsparsity = 0.5\n', {}, "must be a name of at most 200 bytes in UTF-8"),
+    ("label-85-cjk", ["transform"], f'[passes."{CJK * 85}"]\npass = "prune"\n[passes."{CJK * 85}".weight]\n'
+     "sparsity = 0.5\n", {}, "got 255 bytes in 85 characters"),
+    ("project-100-emoji", ["transform", "--project", EMOJI * 100], PRUNE_TABLE, {},
+     "--project: must be a name of at most 200 bytes in UTF-8 (it becomes part of a file name), got 400 bytes"),
+    ("project-100-emoji-train", ["train", "--project", EMOJI * 100], None, {}, "--project: must be a name of at most"),
+    ("ramp-past-max-steps", ["transform", "--max-steps", "5", "--train-limit", "2000"], GRADUAL, {},
+     "passes.prune.gradual.ramp_epochs: the ramp ends at optimizer step 15 "),
+    ("ramp-past-limit-batches", ["transform", "--limit-train-batches", "0.5", "--max-steps", "5", "--train-limit",
+                                 "2000"], GRADUAL, {}, "the ramp ends at optimizer step 7 (start 0 + ramp 7"),
+    ("mase-sections", ["transform"], "[search]\nstrategy = 'optuna'\n[transform]\nstyle = 'graph'\n" + PRUNE_TABLE,
+     {}, "2 unknown keys: search, transform; allowed keys: "),
+    ("load-type-contradicts-mchz", ["test", "--load", "m.mchz", "--load-type", "pt"], None,
+     {"m.mchz": lambda p: good_mchz()}, "--load-type: is 'pt', but m.mchz is a .mchz compressed file (load type "
+                                        "'huffman'); drop --load-type"),
+    ("load-type-contradicts-mz", ["test", "--load", "m.mz", "--load-type", "pl"], None,
+     {"m.mz": lambda p: good_mz(p)}, "--load-type: is 'pl', but m.mz is a machop .mz file (load type 'mz')"),
+    ("export-no-output", ["export", "--load", "m.mchz"], None, {"m.mchz": lambda p: good_mchz()},
+     "--output: is required"),
+    ("export-no-load", ["export", "--output", "m.onnx"], None, {}, "--load: is required"),
+    ("export-output-under-file", ["export", "--load", "m.mchz", "--output", "f/m.onnx"], None,
+     {"m.mchz": lambda p: good_mchz(), "f": b"x"}, "--output: cannot create f/m.onnx: f is a file, not a folder"),
+    ("max-epochs-all-zero", ["transform", "--max-epochs-all", "0"], PRUNE_TABLE, {}, "--max-epochs-all: must be in [1,"),
+]
+
+
+def good_mz(path: Path) -> bytes:
+    info = get_dataset_info("fashion_mnist")
+    save_graph(MaseGraph(get_model("lenet5", info), context=PassContext(model_name="lenet5", dataset_info=info)),
+               path, "mz")
+    return path.read_bytes()
+
+
 OUTPUT_CASES = [
     ("project-dir-is-a-file", ["transform", "--project-dir", "f"], PRUNE_TABLE, {"f": b"x"},
      "--project-dir: f is a file, not a folder"),
@@ -234,7 +298,7 @@ OUTPUT_CASES = [
 BAD_INPUTS = (
     [(i, ["transform", *extra], text, {}, expected) for i, text, extra, expected in CONFIG_CASES]
     + [(i, ["transform", *extra], text, {}, f"error: {expected}") for i, text, extra, expected in VALUE_CASES]
-    + FILE_CASES + OUTPUT_CASES
+    + FILE_CASES + OUTPUT_CASES + LATE_CASES
 )
 
 
@@ -267,4 +331,45 @@ def test_refused_before_step_1_in_one_line_writing_nothing(case, tmp_path, capsy
 
 def test_the_table_covers_every_kind_of_input():
     assert len(BAD_INPUTS) >= 40 and len({c[0] for c in BAD_INPUTS}) == len(BAD_INPUTS)
-    assert {c[1][0] for c in BAD_INPUTS} == {"train", "test", "transform"}
+    assert {c[1][0] for c in BAD_INPUTS} == {"train", "test", "transform", "export"}
+
+
+# --------------------------------------------------------------------------- the same through the API
+
+
+def lenet5_graph() -> MaseGraph:
+    info = get_dataset_info("fashion_mnist")
+    torch.manual_seed(0)
+    return MaseGraph(get_model("lenet5", info), context=PassContext(model_name="lenet5", dataset_info=info))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_kmeans_refuses_a_non_finite_weight_naming_it(bad):
+    """Instead of a layer of NaN centroids: one ValueError naming the tensor; the graph is left as it was."""
+    graph = lenet5_graph()
+    with torch.no_grad():
+        graph.model.get_submodule("fc2").weight[3, 1] = bad
+    before = {k: v.clone() for k, v in graph.model.state_dict().items()}
+    what, numel = "NaN" if math.isnan(bad) else "inf", graph.model.get_submodule("fc2").weight.numel()
+    with pytest.raises(ValueError, match=rf"^passes.quantize: tensor fc2.weight holds {what} \(1 of {numel} values\)"):
+        quantize_transform_pass(graph, {"by": "type", "default": {"config": {"name": "kmeans", "weight_bits": 4}}})
+    after = graph.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.allclose(v, after[k], rtol=0, atol=0, equal_nan=True)
+                                                  for k, v in before.items())
+
+
+def test_huffman_refuses_a_non_finite_weight_naming_it(tmp_path):
+    """A NaN that arrives after quantization (integer codes: it would code as the smallest int64)."""
+    graph = lenet5_graph()
+    graph, _ = quantize_transform_pass(graph, {"by": "type", "default": {"config": {"name": "integer", "weight_width": 8,
+                                                                                 "weight_frac_width": 4,
+                                                                                 "data_in_width": "NA",
+                                                                                 "data_in_frac_width": "NA",
+                                                                                 "bias_width": "NA",
+                                                                                 "bias_frac_width": "NA"}}})
+    with torch.no_grad():
+        graph.model.get_submodule("conv1").parametrizations.weight.original[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^passes.huffman_encode: tensor conv1.parametrizations.weight.original "
+                                         r"holds NaN \(1 of \d+ values\)"):
+        huffman_encode_pass(graph, {"path": str(tmp_path / "m.mchz")})
+    assert not (tmp_path / "m.mchz").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,29 @@ def test_bad_precision_is_one_line_listing_the_values(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("ch train: error: --precision: must be one of ")
     assert "'bf16-mixed'" in lines[0] and lines[0].endswith("got 'bf17-mixed'")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("config,argv,expected", [
+    ("learning_rate = 20.0\n", [], "ch transform: error: learning_rate: must be in (0, 10], got 20.0"),
+    ("[search]\n[transform]\nstyle = 'graph'\n", [], "ch transform: error: 2 unknown keys: search, transform;"),
+    ("", ["--project", "\N{GRINNING FACE}" * 60], "ch transform: error: --project: must be a name of at most 200"),
+    ("", ["--max-epochs-all", "0"], "ch transform: error: --max-epochs-all: must be in [1, 10000], got 0"),
+])
+def test_config_values_are_refused_before_torch_is_imported(config, argv, expected, tmp_path):
+    """A typo in the config's own values is answered without importing torch or Lightning (a fraction of a
+    second instead of seconds)."""
+    (tmp_path / "c.toml").write_text(config, encoding="utf-8")
+    code = ("import sys; from machop.cli import main; code = main(sys.argv[1:]); "
+            "print(code, [m for m in ('torch', 'pytorch_lightning') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, "transform", "--config", "c.toml", *argv], capture_output=True,
+                         text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "2 []", out.stderr
+    assert out.stderr.startswith(expected) and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_help_lists_export_and_says_the_epochs_precedence():
+    out = subprocess.run([sys.executable, str(ROOT / "ch"), "transform", "--help"], capture_output=True, text=True)
+    assert "--max-epochs-all N" in out.stdout and "Precedence: a step trains min(N, its own max_epochs)" in \
+        " ".join(out.stdout.split())
+    top = subprocess.run([sys.executable, str(ROOT / "ch"), "--help"], capture_output=True, text=True).stdout
+    assert "export" in top

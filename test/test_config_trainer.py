@@ -12,6 +12,9 @@ from lightning_fabric.connector import _PRECISION_INPUT
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from machop.actions.run import effective_config
+from machop.actions.transform import plan
+from machop.cli import action_options, build_parser, overrides_from_args
 from machop.config import ConfigError, Precision, TrainSettings, load_config
 from machop.training import evaluate, fit
 from machop.training.trainer import build_trainer
@@ -153,3 +156,58 @@ def test_fit_stops_at_max_steps_with_accumulation_and_still_validates():
     assert model.calls["train"] == 6
     assert model.calls["eval"] == 1
     assert result["best_val_acc"] == 1.0
+
+
+class _DictOut(nn.Module):
+    """`_Constant`'s scores returned in a dict, as Hugging Face models do (``extra`` adds a second tensor)."""
+
+    def __init__(self, key: str = "logits", extra: bool = False):
+        super().__init__()
+        self.inner, self.key, self.extra = _Constant(), key, extra
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = {self.key: self.inner(x), "note": "not a tensor"}
+        return out | ({"hidden": x.flatten(1)} if self.extra else {})
+
+
+@pytest.mark.parametrize("key,extra", [("logits", False), ("logits", True), ("scores", False)])
+def test_a_dict_output_gives_its_logits(key, extra):
+    """The 'logits' entry, or the one tensor: the same accuracy as the plain model (0.5 on both batches)."""
+    s = TrainSettings(accelerator="cpu")
+    assert evaluate(_DictOut(key, extra), _TwoBatches(), s, progress=False)["test_acc"] == 0.5
+    assert fit(_DictOut(key, extra), _TwoBatches(), TrainSettings(accelerator="cpu", max_steps=1, learning_rate=1e-6),
+               progress=False)["best_val_acc"] == 0.5
+
+
+def test_a_dict_output_without_logits_is_one_clear_line():
+    with pytest.raises(TypeError) as e:
+        evaluate(_DictOut("scores", extra=True), _TwoBatches(), TrainSettings(accelerator="cpu"), progress=False)
+    assert str(e.value) == ("the model returned a dict (keys 'scores', 'note', 'hidden') without a 'logits' tensor "
+                            "and with 2 tensors: return the class scores as a tensor or under 'logits'")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    # (command line, {step: max_epochs it trains}) over a config of 10 / 3 / default (the top level: 7)
+    ([], {"baseline": 7, "agp": 10, "finetune": 3}),
+    (["--max-epochs", "4"], {"baseline": 4, "agp": 10, "finetune": 3}),
+    (["--max-epochs-all", "2"], {"baseline": 2, "agp": 2, "finetune": 2}),
+    (["--max-epochs", "1", "--max-epochs-all", "2"], {"baseline": 1, "agp": 2, "finetune": 2}),
+])
+def test_max_epochs_all_caps_every_training(argv, expected, tmp_path):
+    """The precedence --help states: a step trains min(N, its own), its own being its table's, else the top level."""
+    (tmp_path / "c.toml").write_text(
+        "max_epochs = 7\n[passes.baseline]\npass = 'train'\n"
+        "[passes.agp.weight]\nsparsity = 0.5\n[passes.agp]\npass = 'prune'\n[passes.agp.gradual]\nramp_epochs = 6\n"
+        "start_epoch = 2\n[passes.agp.gradual.training]\nmax_epochs = 10\n"
+        "[passes.finetune]\npass = 'train'\n[passes.finetune.training]\nmax_epochs = 3\n")
+    args = build_parser().parse_args(["transform", "--config", str(tmp_path / "c.toml"), *argv])
+    config = effective_config(args.config, overrides_from_args(args), action_options(args).get("max_epochs_all"))
+    got = {}
+    for step in plan(config):
+        settings = step.args.gradual.settings(config.training) if step.name == "prune" else \
+            step.args.settings(config.training)
+        got[step.label] = settings.max_epochs
+        if step.name == "prune":  # the ramp still ends while the step trains
+            step.args.gradual.check_fits(settings, step.path)
+            assert step.args.gradual.start_epoch + step.args.gradual.ramp_epochs <= settings.max_epochs
+    assert got == expected

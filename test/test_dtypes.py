@@ -31,8 +31,8 @@ from machop.nn import (
 )
 from machop.passes.graph import PASSES
 from machop.passes.graph.transforms.huffman import CompressedFileError
-from machop.passes.graph.transforms.huffman.format import pack_container, unpack_container
-from machop.passes.graph.transforms.huffman.model import file_header
+from machop.ir.mchz.format import pack_container, unpack_container
+from machop.ir.mchz.model import file_header
 from machop.passes.graph.transforms.prune import WEIGHT_METHODS
 from machop.passes.graph.transforms.prune.activation_methods import ACTIVATION_METHODS
 from machop.training import DataLoaders

@@ -87,3 +87,58 @@ def test_results_figure(figures, tmp_path):
                                    "machine": "test", "command": "pytest"}))
     assert figures.draw_results(tmp_path, results) == ["lenet300", "lenet5"]
     _png(tmp_path / "results_compression.png")
+
+
+def _drawn(monkeypatch) -> list:
+    """The figures `machop.figures` closes, kept open for the test to read."""
+    import machop.figures as run_figures
+
+    kept: list = []
+    monkeypatch.setattr(run_figures.plt, "close", kept.append)
+    return kept
+
+
+def test_sensitivity_axis_follows_the_curves(tmp_path, monkeypatch):
+    from machop.figures import plot_sensitivity
+
+    kept = _drawn(monkeypatch)
+    sens = {"baseline_acc": 0.91, "samples": 500, "split": "val", "layers": [
+        {"name": "fc1", "weights": 100, "nonzero": 100, "sparsity": [[0.5, 0.905], [0.9, 0.88]], "bits": [[2, 0.87, 1.9]]},
+        {"name": "fc2", "weights": 10, "nonzero": 10, "sparsity": [[0.5, 0.909]], "bits": []}]}
+    _png(plot_sensitivity(sens, tmp_path / "s.png"))
+    panels = [[0.905, 0.88, 0.909], [0.87]]  # sparsity, bits: each panel's accuracies (and the baseline)
+    for ax, values in zip(kept[0].axes, panels):
+        lo, hi = ax.get_ylim()
+        assert lo < min(values) and hi > 0.91 and hi - lo < 0.1  # not 0..1: a 3-point drop fills the axis
+
+
+def test_weight_histogram_draws_every_quantized_layer_with_its_own_label(tmp_path, monkeypatch):
+    import torch
+
+    from machop.figures import plot_weight_histogram
+
+    kept = _drawn(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    layers = [{"layer": f"l{i}", "before": torch.randn(50 * (i + 1), generator=g),
+               "after": torch.randn(50 * (i + 1), generator=g).round(), "centroids": torch.arange(-2.0, 3.0)}
+              for i in range(3)]
+    _png(plot_weight_histogram(layers, tmp_path / "h.png"))
+    fig = kept[0]
+    assert len(fig.axes) == 3
+    labels = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert labels == [f"l{i}: {int((layers[i]['after'] != 0).sum()):,} non-zero, 5 centroids" for i in range(3)]
+    boxes = [ax.get_tightbbox(fig.canvas.get_renderer()) for ax in fig.axes]
+    assert all(a.y0 >= b.y1 - 1 for a, b in zip(boxes, boxes[1:]))  # panels (titles included) do not overlap
+
+
+def test_accuracy_against_size_labels_each_step(tmp_path, monkeypatch):
+    from machop.figures import plot_accuracy_vs_size
+
+    kept = _drawn(monkeypatch)
+    rows = [{"step": s, "test_acc": a, "size_bytes": b} for s, a, b in (
+        ("baseline", 0.9, 4000), ("prune", 0.85, 900), ("quantize", None, 300), ("huffman", 0.86, 200),
+        ("test", 0.86, 200))]
+    _png(plot_accuracy_vs_size(rows, 4000, 0.9, tmp_path / "a.png"))
+    ax = kept[0].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["baseline", "prune", "huffman, test"]
+    assert ax.get_xscale() == "log"

@@ -97,3 +97,26 @@ def test_the_pass_alone_refuses_to_load_under_masks(tmp_path):
     graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5}})
     with pytest.raises(ConfigError, match="already has masks or codebooks"):
         PASSES["train"](graph, {"load_name": str(tmp_path / "start.ckpt"), "load_type": "pl"})
+
+
+def test_load_on_the_command_line_wins_over_the_tables(tmp_path, monkeypatch):
+    """defaults < file < command line: --load replaces the table's load_name (no "two starting points")."""
+    monkeypatch.chdir(tmp_path)
+    lightning_checkpoint(tmp_path / "table.ckpt", seed=1)
+    (tmp_path / "seed.toml").write_text(SEED_STYLE.format(load="table.ckpt"))
+    config = load_config("seed.toml", {"load_name": "given.ckpt", "load_type": "pl"})
+    start = starting_point(config, plan(config), "seed.toml", load_on_command_line=True)
+    assert (start.load_name, start.load_type) == ("given.ckpt", "pl")
+    assert "load_name" not in start.passes["retrain"] and "load_type" not in start.passes["retrain"]
+    with pytest.raises(ConfigError, match="two starting points"):  # both in the file: still ambiguous
+        starting_point(config, plan(config), "seed.toml")
+
+
+def test_the_tables_load_type_is_checked_against_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lightning_checkpoint(tmp_path / "start.ckpt", seed=1)
+    (tmp_path / "seed.toml").write_text(SEED_STYLE.format(load="start.ckpt").replace('"pl"', '"mz"'))
+    config = load_config("seed.toml")
+    with pytest.raises(ConfigError) as err:
+        starting_point(config, plan(config), "seed.toml")
+    assert err.value.key == "passes.retrain.load_type" and "is a Lightning checkpoint" in err.value.message

@@ -14,9 +14,10 @@ from machop.config import Config, ConfigError
 from machop.files import output_problem
 from machop.datasets import DATASETS, MaseDataModule, get_dataset_info
 from machop.ir import MaseGraph, PassContext
+from machop.ir.mchz import load_compressed
 from machop.ir.serialize import load_model
 from machop.models import MODELS, get_model
-from machop.passes.graph.transforms.huffman import load_compressed
+from machop.nn import NonFiniteError, require_finite
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -60,6 +61,9 @@ def load(config: Config, ctx: PassContext) -> MaseGraph:
 def build_graph(config: Config, progress: bool = True) -> MaseGraph:
     """A MaseGraph of the config's model, loaded from ``load_name`` if given, else freshly initialised.
 
+    A loaded file must hold finite weights only: a NaN or an infinity is a
+    ConfigError naming the tensor, before step 1 and before anything is written.
+
     It needs no data (shapes come from the data set's registry entry), so
     everything about the model is checked before any data is read; the
     action sets ``graph.context.data_module`` afterwards.
@@ -76,6 +80,10 @@ def build_graph(config: Config, progress: bool = True) -> MaseGraph:
             raise ConfigError("load_name", str(e).splitlines()[0]) from None
         if graph.context.model_name != config.model:
             raise ConfigError("load_name", f"{config.load_name} holds a {graph.context.model_name}, not {config.model}")
+        try:  # one NaN would turn a k-means layer NaN, or code as the smallest int64
+            require_finite(graph.model, config.load_name)
+        except NonFiniteError as e:
+            raise ConfigError("load_name", str(e)) from None
         graph.context = ctx
         ctx.loaded_from = config.load_name
     graph.dummy_input = torch.zeros(2, info.in_channels, *info.image_size)

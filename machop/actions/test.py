@@ -10,7 +10,8 @@ from .common import build_graph, console, data_module, print_effective
 
 def test(config: Config, progress: bool = True) -> int:
     if config.load_name is None:
-        raise ConfigError("--load", "is required: the checkpoint to evaluate (with --load-type pl|pt|mz|huffman)")
+        raise ConfigError("--load", "is required: the file to evaluate (.ckpt, .pt, .mz or .mchz; its type is read "
+                                    "from the file)")
     graph = build_graph(config, progress)
     dm = graph.context.data_module = data_module(config)
     print_effective(config, ["model", "dataset", "load_name", "load_type", "batch_size", "precision", "accelerator", "seed"])

@@ -23,5 +23,5 @@ def train(config: Config, progress: bool = True) -> int:
     result = fit(graph.model, dm, config.training, out / "checkpoints", progress, json.dumps(describe_structure(graph)))
     console.print(f"val_acc {result['best_val_acc']:.4f} (best epoch), {result['world_size']} process(es)")
     console.print(f"Best checkpoint: {result['checkpoint']}")
-    console.print(f"Test it: ./ch test {config.model} {config.dataset} --load {result['checkpoint']} --load-type pl")
+    console.print(f"Test it: ./ch test {config.model} {config.dataset} --load {result['checkpoint']}")
     return 0

@@ -38,6 +38,7 @@ class PassContext:
     progress_bar: bool = True
     step: str | None = None  # label of the pass being run (names its checkpoint folder and its errors)
     loaded_from: str | None = None  # the checkpoint the model was loaded from (None: freshly initialised)
+    teacher: nn.Module | None = None  # the run's dense baseline (frozen): what distillation learns from
 
     def require_data(self, pass_name: str):
         """The data module, or a clear error saying how to provide one."""

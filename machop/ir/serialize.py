@@ -49,7 +49,7 @@ import logging
 import os
 import re
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -65,6 +65,7 @@ from machop.nn.rebuild import short
 
 from .graph import MaseGraph, PassContext
 from .skeleton import ShrunkShapeError, materialize, registry_skeleton, resize_layers
+from .untrusted import Anything, JsonLimits, Obj, SchemaError, check_schema, json_cost, parse_untrusted
 
 logger = logging.getLogger(__name__)
 
@@ -376,27 +377,17 @@ def check_state(state: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def json_cost(text: str) -> int:
-    """Estimated bytes of the objects ``json.loads(text)`` builds: 16 per character, 64 more per ``[`` or ``{``."""
-    return 16 * len(text) + 64 * (text.count("[") + text.count("{"))
+# A structure or meta record (torch files): read as untrusted JSON (`machop.ir.untrusted`); the objects it
+# may build are bounded by the caller's budget (``max_cost``), set per file.
+RECORD_LIMITS = JsonLimits(max_bytes=1 << 30, max_depth=64, max_key=1 << 14, max_string=1 << 20)
 
 
 def parse_json(text: Any, source: str, what: str, limit: int | None = None) -> Any:
-    """``json.loads(text)`` with a one-line `BadFileError` naming ``source`` and the record.
+    """The JSON value of a record, read by `machop.ir.untrusted.parse_untrusted`: one-line `BadFileError`.
 
     With ``limit``, text whose `json_cost` exceeds it is refused unparsed.
     """
-    if not isinstance(text, str):
-        raise BadFileError(f"{source}: its {what} record is a {type(text).__name__}, not JSON text")
-    if limit is not None and json_cost(text) > limit:
-        raise BadFileError(f"{source}: its {what} record ({len(text)} characters) would build objects of more "
-                             f"than {limit >> 20} MiB; refused")
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise BadFileError(f"{source}: its {what} record is nested too deeply") from None
-    except ValueError as e:
-        raise BadFileError(f"{source}: its {what} record is not valid JSON ({str(e).splitlines()[0]})") from None
+    return parse_untrusted(text, source, what, replace(RECORD_LIMITS, max_cost=limit))
 
 
 _STRUCTURE_KEYS = {"model", "dataset_info", "class", "inserted", "parametrizations"}
@@ -494,10 +485,15 @@ def check_structure(structure: Any, source: str) -> dict:
     return structure
 
 
+META_SCHEMA = Obj(rest=Obj(rest=Anything()))  # node name -> its metadata table
+
+
 def check_meta(meta: Any, source: str) -> dict:
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in meta.items()):
-        raise BadFileError(f"{source}: its node metadata must be a table of tables")
-    return meta
+    """``meta`` if it is a table of tables (node name -> metadata); else `BadFileError` naming ``source``."""
+    try:
+        return check_schema(meta, META_SCHEMA)
+    except SchemaError:
+        raise BadFileError(f"{source}: its node metadata must be a table of tables") from None
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:

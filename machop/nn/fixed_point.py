@@ -27,14 +27,22 @@ representable value is then smaller than 1/2 in magnitude, with step
 Widths are capped at 16 bits: up to that, every grid value is exact in
 float32 and the grid (the codebook `weight_codes` hands to the Huffman coder)
 has at most 65536 entries.
+
+`auto_frac_width` picks the largest ``frac_width`` whose range holds a
+tensor's largest magnitude (``"auto"`` in a config), so a layer keeps its
+weights instead of rounding them all to zero. `ChannelFixedPoint` is fixed
+point with one ``frac_width`` per output channel (per-channel scales
+``2**-frac_width[c]``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from .rebuild import Schema, check_int, rebuildable
+from .rebuild import RebuildError, Schema, check_int, is_int, rebuildable, short
 
 MAX_WIDTH = 16
 MAX_FRAC_WIDTH = 32
@@ -105,3 +113,73 @@ class FixedPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return f"width={self.width}, frac_width={self.frac_width}"
+
+
+def auto_frac_width(max_abs: float, width: int) -> int:
+    """The largest ``frac_width`` (0..`MAX_FRAC_WIDTH`) whose ``width``-bit range holds ``max_abs`` after rounding.
+
+    ``max_abs`` rounds to at most ``qmax`` when ``max_abs * 2**f < qmax + 0.5``;
+    a larger value than ``frac_width = 0`` can hold saturates (the caller
+    warns). A zero ``max_abs`` (an all-zero tensor) gets ``width - 1``.
+    """
+    qmax = fixed_point_range(width)[1]
+    if not max_abs > 0:
+        return min(width - 1, MAX_FRAC_WIDTH)
+    f = int(math.floor(math.log2((qmax + 0.5) / max_abs)))
+    while f > 0 and max_abs * 2.0**f >= qmax + 0.5:  # log2's rounding at an exact power of two
+        f -= 1
+    return max(0, min(f, MAX_FRAC_WIDTH))
+
+
+def channel_max_abs(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The largest magnitude in each slice of ``x`` along ``dim`` (float64, one per channel)."""
+    moved = working(x.detach()).movedim(dim, 0)
+    return moved.reshape(moved.shape[0], -1).abs().amax(dim=1).double() if moved.numel() else torch.zeros(
+        moved.shape[0], dtype=torch.float64)
+
+
+def _check_channel_saved(spec: dict, tensors: dict, target: torch.Tensor | None, where: str) -> None:
+    check_int(spec, "width", 1, MAX_WIDTH, where)
+    fracs, dim = spec["frac_widths"], spec["dim"]
+    if not isinstance(fracs, list) or not fracs or not all(is_int(f) and 0 <= f <= MAX_FRAC_WIDTH for f in fracs):
+        raise RebuildError(f"{where}: frac_widths must be a non-empty list of integers in [0, {MAX_FRAC_WIDTH}], "
+                           f"got {short(fracs)}")
+    if not is_int(dim) or not 0 <= dim <= 8:
+        raise RebuildError(f"{where}: dim must be an integer in [0, 8], got {short(dim)}")
+    if target is not None and (target.dim() <= dim or target.shape[dim] != len(fracs)):
+        raise RebuildError(f"{where}: {len(fracs)} frac_widths for a tensor of shape {list(target.shape)} (dim {dim})")
+
+
+@rebuildable(schema=Schema(spec=frozenset({"width", "frac_widths", "dim"}),
+                           required_spec=frozenset({"width", "frac_widths", "dim"}), check=_check_channel_saved))
+class ChannelFixedPoint(nn.Module):
+    """Signed fixed point with one ``frac_width`` per channel of dimension ``dim`` (per-channel power-of-two scales).
+
+    A weight parametrization (registered after any prune mask: zeros stay
+    zero); channel ``c`` is ``quantize_fixed_point`` at ``frac_widths[c]``.
+    """
+
+    def __init__(self, width: int, frac_widths: list[int], dim: int = 0):
+        super().__init__()
+        self.width = int(width)
+        self.frac_widths = [int(f) for f in frac_widths]
+        self.dim = int(dim)
+
+    def spec(self) -> dict:
+        return {"width": self.width, "frac_widths": list(self.frac_widths), "dim": self.dim}
+
+    def scales(self, x: torch.Tensor) -> torch.Tensor:
+        """``2**frac_widths`` shaped to broadcast against ``x`` along ``dim``."""
+        shape = [1] * x.dim()
+        shape[self.dim] = len(self.frac_widths)
+        return torch.tensor([2.0**f for f in self.frac_widths], dtype=working(x).dtype, device=x.device).view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[self.dim] != len(self.frac_widths):
+            raise ValueError(f"ChannelFixedPoint: {len(self.frac_widths)} frac widths for {x.shape[self.dim]} channels")
+        scale = self.scales(x)
+        return (quantize_fixed_point(working(x) * scale, self.width, 0) / scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        low, high = min(self.frac_widths), max(self.frac_widths)
+        return f"width={self.width}, frac_widths={low}..{high} over {len(self.frac_widths)} channels, dim={self.dim}"

@@ -2,8 +2,9 @@
 
 from .data import DataLoaders, batch_size_set, calibration_batch, labelled_batch
 from .module import MaseLightningModule
+from .objective import DistillArgs, Objective, PriorArgs, build_objective, parse_objective_args
 from .step import step_settings, train_step
 from .trainer import check_accelerator, evaluate, fit
 
-__all__ = ["DataLoaders", "MaseLightningModule", "batch_size_set", "calibration_batch", "check_accelerator", "evaluate", "fit", "labelled_batch",
+__all__ = ["DataLoaders", "DistillArgs", "Objective", "PriorArgs", "build_objective", "parse_objective_args", "MaseLightningModule", "batch_size_set", "calibration_batch", "check_accelerator", "evaluate", "fit", "labelled_batch",
            "step_settings", "train_step"]

@@ -10,9 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .objective import Objective
+
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
+LOGITS_KEY = "logits"  # the entry of a dict output that holds the class scores (Hugging Face's name)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The class scores in a model's output: the tensor itself, or a dict's ``"logits"`` entry, or its one tensor.
+
+    Anything else is a one-line TypeError saying what the model returned.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        if isinstance(out.get(LOGITS_KEY), torch.Tensor):
+            return out[LOGITS_KEY]
+        tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return out[tensors[0]]
+        keys = ", ".join(repr(k) for k in list(out)[:10]) or "none"
+        raise TypeError(f"the model returned a dict (keys {keys}) without a {LOGITS_KEY!r} tensor and with "
+                        f"{len(tensors)} tensors: return the class scores as a tensor or under {LOGITS_KEY!r}")
+    raise TypeError(f"the model returned a {type(out).__name__}, not a tensor of class scores (or a dict with a "
+                    f"{LOGITS_KEY!r} tensor)")
 
 
 class MaseLightningModule(pl.LightningModule):
@@ -32,6 +55,7 @@ class MaseLightningModule(pl.LightningModule):
         weight_decay: float = 0.0,
         max_epochs: int = 1,
         structure: str | None = None,
+        objective: Objective | None = None,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -42,14 +66,20 @@ class MaseLightningModule(pl.LightningModule):
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
         self.structure = structure
+        self.objective = objective  # distillation and a weight prior, on training batches only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return logits_of(self.model(x))
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        if stage == "train" and self.objective is not None:
+            parts = self.objective.loss(loss, logits, x)
+            loss = parts.pop("loss")
+            for name, value in parts.items():
+                self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=len(y))
         acc = (logits.argmax(dim=1) == y).float().mean()
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
@@ -66,7 +96,10 @@ class MaseLightningModule(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        own = {id(p) for p in self.objective.parameters()} if self.objective is not None else set()
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        if self.objective is not None:
+            params = [{"params": params}, *self.objective.param_groups(self.learning_rate)]
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(params, lr=self.learning_rate, momentum=0.9, weight_decay=self.weight_decay)
         elif self.optimizer_name == "adamw":
@@ -79,3 +112,5 @@ class MaseLightningModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.structure is not None:
             checkpoint["machop_structure"] = self.structure
+        for key in [k for k in checkpoint.get("state_dict", {}) if k.startswith("objective.")]:
+            del checkpoint["state_dict"][key]  # the prior's mixture is the step's, not the model's

@@ -20,6 +20,7 @@ from torch import nn
 from machop.config import TrainSettings, join
 
 from .data import batch_size_set
+from .objective import Objective
 from .trainer import evaluate, fit
 
 
@@ -45,6 +46,7 @@ def train_step(
     callbacks: list[pl.Callback] | None = None,
     keep_best: Callable[[], bool] | None = None,
     before_test: Callable[[], None] | None = None,
+    objective: Objective | None = None,
 ) -> dict:
     """Train ``model`` in place with `fit`, then evaluate it on the test split when ``test``.
 
@@ -55,7 +57,9 @@ def train_step(
     (None: no checkpoint file); ``structure``: the model's masks and
     codebooks as JSON, written into the checkpoint; ``callbacks`` and
     ``keep_best``: as `fit`'s; ``before_test``: run between training and
-    testing (gradual pruning's last mask update when training stopped early).
+    testing (gradual pruning's last mask update when training stopped early);
+    ``objective``: distillation and a weight prior (`build_objective`), whose
+    ``finish`` runs right after training (its figures join the result).
 
     Returns `fit`'s figures (``val_acc``, ``val_loss``, ``best_val_acc``,
     ``epochs``, ``world_size``, ``checkpoint``) plus, when ``test``,
@@ -65,7 +69,9 @@ def train_step(
     asked = s.batch_size if training and "batch_size" in training else None
     with batch_size_set(data_module, asked, join(path, "training.batch_size")):
         figures = fit(model, data_module, s, checkpoint_dir, progress, structure, callbacks=callbacks,
-                      keep_best=keep_best)
+                      keep_best=keep_best, objective=objective)
+    if objective is not None:
+        figures |= objective.finish()
     if before_test is not None:
         before_test()
     if test:

@@ -24,6 +24,7 @@ from machop.config import ConfigError, TrainSettings, join
 from machop.files import atomic_write
 
 from .module import MaseLightningModule
+from .objective import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def fit(
     structure: str | None = None,
     callbacks: list | None = None,
     keep_best: Callable[[], bool] | None = None,
+    objective: Objective | None = None,
 ) -> dict:
     """Train ``model`` in place; restore the weights of the epoch with the best ``val_acc``.
 
@@ -172,11 +174,13 @@ def fit(
     epoch (kept in memory, written as ``best.ckpt``) only when it returns
     true (gradual pruning: once the masks are final), so that no earlier,
     different model wins; if none counts, the weights are those of the
-    last step and ``best_val_acc`` is None. Returns
+    last step and ``best_val_acc`` is None. ``objective``: what training
+    minimises beyond cross-entropy (distillation, a weight prior). Returns
     ``{"val_acc", "val_loss", "best_val_acc", "epochs", "world_size", "checkpoint"}``.
     """
     pl.seed_everything(s.seed, workers=True, verbose=False)
-    module = MaseLightningModule(model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure)
+    module = MaseLightningModule(model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure,
+                                 objective)
     callbacks = [*(callbacks or []), best := _BestInMemory(keep_best), _ValidateAtMaxSteps()]
     ckpt = None
     if checkpoint_dir is not None:

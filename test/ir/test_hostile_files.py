@@ -136,7 +136,7 @@ PAYLOAD_CASES = [
     ("structure-not-json", lambda p: setitem(p, "structure", "{not json"), "structure record is not valid JSON"),
     ("structure-not-text", lambda p: setitem(p, "structure", 12), "structure record is a int, not JSON text"),
     ("structure-list", lambda p: setitem(p, "structure", "[1, 2]"), "the record must be a table, got list"),
-    ("structure-deep", lambda p: setitem(p, "structure", "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    ("structure-deep", lambda p: setitem(p, "structure", "[" * 100_000 + "]" * 100_000), "nested deeper than 64"),
     ("meta-json-bomb", lambda p: setitem(p, "meta", "[" + "[]," * 2_000_000 + "[]]"),
      "would build objects of more than 64 MiB"),
     ("meta-not-tables", lambda p: setitem(p, "meta", "[1, 2]"), "node metadata must be a table of tables"),
@@ -208,6 +208,8 @@ PAYLOAD_CASES = [
     ("act-prune-seed-huge", inserted("fc2_act_prune", lambda r: r["spec"]["stages"][0].update(seed=2**70)),
      "seed must be a 64-bit integer"),
     ("act-prune-sparsity-nan", inserted("fc2_act_prune", lambda r: r["spec"]["stages"][0].update(sparsity=float("nan"))),
+     "its structure record is refused: non-finite number NaN"),  # refused as JSON, before any spec is read
+    ("act-prune-sparsity-huge", inserted("fc2_act_prune", lambda r: r["spec"]["stages"][0].update(sparsity=2.0)),
      "sparsity must be a number in [0, 1]"),
     ("act-prune-stages-text", inserted("fc2_act_prune", lambda r: r["spec"].update(stages="all")),
      "stages must be a list"),

@@ -31,8 +31,8 @@ import machop
 from machop.config import ConfigError
 from machop.ir import ArchitectureMismatch, MaseGraph, load_graph, save_graph
 from machop.passes.graph import PASSES
-from machop.passes.graph.transforms.huffman import CompressedFileError, load_compressed
-from machop.passes.graph.transforms.huffman.format import pack_container, unpack_container
+from machop.ir.mchz import CompressedFileError, load_compressed
+from machop.ir.mchz.format import pack_container, unpack_container
 
 from zoo.models import ZOO, ShrinkCNN
 

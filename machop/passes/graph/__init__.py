@@ -11,7 +11,7 @@ the built graph, so every step is checked before step 1 runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from typing import Any, Callable
 
 from machop.config import NoOptions, from_dict
@@ -76,7 +76,22 @@ REGISTRY: dict[str, PassEntry] = {
     "huffman_decode": PassEntry(huffman_decode_pass, parse_huffman_args, check=check_decode_args),
 }
 
-PASSES: dict[str, Callable[..., tuple[MaseGraph, dict]]] = {name: entry.fn for name, entry in REGISTRY.items()}
+
+
+def _takes_graph(fn: Callable[..., tuple[MaseGraph, dict]]) -> Callable[..., tuple[MaseGraph, dict]]:
+    """``fn``, refusing anything but a `MaseGraph` in one line (a plain model has no ``context``, no graph)."""
+
+    @wraps(fn)
+    def run(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
+        if not isinstance(graph, MaseGraph):
+            raise TypeError(f"{fn.__name__} takes a MaseGraph, not a {type(graph).__name__}: wrap the model first, "
+                            "graph = MaseGraph(model, dummy_input=...)")
+        return fn(graph, pass_args)
+
+    return run
+
+
+PASSES: dict[str, Callable[..., tuple[MaseGraph, dict]]] = {name: _takes_graph(entry.fn) for name, entry in REGISTRY.items()}
 
 __all__ = [
     "PASSES", "REGISTRY", "PassEntry", "huffman_decode_pass", "huffman_encode_pass", "huffman_pass",

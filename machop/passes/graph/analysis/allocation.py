@@ -165,8 +165,10 @@ class PruneTarget:
       any retraining), as a fraction (0.01 = one point); the smallest size
       within it.
 
-    ``sparsities`` and ``samples`` set the sensitivity measurement (see
-    `sensitivity`); no layer is pruned beyond the largest measured sparsity.
+    ``sparsities``, ``samples`` and ``retrain_steps`` set the sensitivity
+    measurement (see `sensitivity`; ``retrain_steps`` > 0: each point after a
+    short fine-tune, so the choice follows what layers recover, not what they
+    lose one-shot); no layer is pruned beyond the largest measured sparsity.
     """
 
     density: float | None = None
@@ -176,6 +178,7 @@ class PruneTarget:
     value_bits: float = 5.0
     sparsities: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99])
     samples: int = 2000
+    retrain_steps: int = 0
 
     def validate(self, path: str) -> None:
         given = [k for k in ("density", "size", "ratio", "max_acc_drop") if getattr(self, k) is not None]
@@ -191,6 +194,7 @@ class PruneTarget:
         check_range(self.max_acc_drop, join(path, "max_acc_drop"), 0, 1)
         check_range(self.value_bits, join(path, "value_bits"), 0, 32)
         check_range(self.samples, join(path, "samples"), 1, 10_000_000)
+        check_range(self.retrain_steps, join(path, "retrain_steps"), 0, 100_000)
         if not self.sparsities:
             raise ConfigError(join(path, "sparsities"), "needs at least one sparsity")
         for i, s in enumerate(self.sparsities):

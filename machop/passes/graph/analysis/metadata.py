@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from machop.config import NoOptions, from_dict, pass_path
+from machop.config import ConfigError, NoOptions, from_dict, join, pass_path
 from machop.ir import MaseGraph
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,28 @@ def mase_op(graph: MaseGraph, node: fx.Node) -> str:
 
 @dataclass
 class CommonMetadataArgs:
-    """``add_common_metadata``: ``dummy_input`` (a notebook may pass a batch; default ``graph.dummy_input``)."""
+    """``add_common_metadata``: ``dummy_input`` (a notebook may pass a batch; default ``graph.dummy_input``),
+    or MASE's ``dummy_in``: the same, or a dict from each placeholder's name (``x``) to its tensor."""
 
     dummy_input: Any = None
+    dummy_in: Any = None
+
+    def validate(self, path: str) -> None:
+        if self.dummy_input is not None and self.dummy_in is not None:
+            raise ConfigError(join(path, "dummy_in"), "give dummy_input or MASE's dummy_in, not both")
+
+
+def _inputs(graph: MaseGraph, dummy: Any, path: str) -> tuple:
+    """The positional inputs of one forward pass: a dict (MASE's ``dummy_in``) is ordered by placeholder name."""
+    if isinstance(dummy, dict):
+        names = [n.name for n in graph.nodes if n.op == "placeholder"]
+        missing = [n for n in names if n not in dummy]
+        unknown = sorted(set(dummy) - set(names), key=str)
+        if missing or unknown:
+            what = f"no tensor for input {missing[0]!r}" if missing else f"{unknown[0]!r} is no input of the model"
+            raise ConfigError(join(path, "dummy_in"), f"{what}; its inputs are {', '.join(names)}")
+        return tuple(dummy[n] for n in names)
+    return tuple(dummy) if isinstance(dummy, (tuple, list)) else (dummy,)
 
 
 def init_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
@@ -80,10 +99,14 @@ def _describe(tm) -> dict | list | None:
 def add_common_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Record tensor shapes (from ``graph.dummy_input``) and parameter counts per node.
 
-    ``pass_args`` may hold ``dummy_input``; else ``graph.dummy_input`` is used.
+    ``pass_args`` may hold ``dummy_input`` or MASE's ``dummy_in`` (a dict by
+    input name, as MASE's ``add_common_metadata_analysis_pass`` takes it);
+    else ``graph.dummy_input`` is used.
     """
-    args = from_dict(CommonMetadataArgs, pass_args, pass_path(graph.context.step, "passes.add_common_metadata"))
-    dummy = args.dummy_input if args.dummy_input is not None else graph.dummy_input
+    path = pass_path(graph.context.step, "passes.add_common_metadata")
+    args = from_dict(CommonMetadataArgs, pass_args, path)
+    given = args.dummy_input if args.dummy_input is not None else args.dummy_in
+    dummy = given if given is not None else graph.dummy_input
     if dummy is None:
         raise ValueError("add_common_metadata needs a dummy input: MaseGraph(model, dummy_input=...)")
     if any("mase" not in n.meta for n in graph.nodes):
@@ -91,7 +114,7 @@ def add_common_metadata(graph: MaseGraph, pass_args: dict | None = None) -> tupl
     was_training = graph.model.training
     graph.model.eval()
     with torch.no_grad():
-        ShapeProp(graph.model).propagate(*(dummy if isinstance(dummy, (tuple, list)) else (dummy,)))
+        ShapeProp(graph.model).propagate(*_inputs(graph, dummy, path))
     graph.model.train(was_training)
     total = 0
     for node in graph.nodes:

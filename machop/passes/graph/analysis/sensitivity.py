@@ -39,6 +39,7 @@ samples = 2000                    # labelled images evaluated (the first of the 
 split = "val"                     # val | test
 types = ["conv2d", "linear"]      # layer kinds to measure (default: all)
 exclude = ["fc2"]                 # weights not measured: layer (node) names, module paths or a parent module
+retrain_steps = 0                 # > 0: fine-tune this many steps before each sparsity point is evaluated
 ```
 
 The model is not changed. ``info = {"sensitivity": Sensitivity.to_json(),
@@ -56,6 +57,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
@@ -85,6 +87,7 @@ DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0
 DEFAULT_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # the pass's default; measure_sensitivity's is ()
 MAX_BITS = 16  # the quantize pass's widest k-means code
 EVAL_CHUNK = 500  # images per forward
+RETRAIN_BATCH = 128  # images per optimizer step of `measure_sensitivity`'s retraining
 KMEANS_INIT, KMEANS_MAX_ITER, KMEANS_TOL = "linear", 300, 1e-4  # the quantize pass's k-means defaults
 
 
@@ -213,6 +216,31 @@ def _shared_values(kept: torch.Tensor, bits: int) -> tuple[torch.Tensor, float]:
     return shared, label_entropy(result.labels)
 
 
+def _recovered_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: tuple[torch.Tensor, torch.Tensor],
+                        learning_rate: float, stored: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                        ) -> float:
+    """Accuracy after a short fine-tune of the whole model (``stored`` held at its pruned entries, ``keep``);
+    then the model's state is put back as it was."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    model.train()
+    try:
+        with torch.enable_grad():
+            for xb, yb in zip(train[0].split(RETRAIN_BATCH), train[1].split(RETRAIN_BATCH)):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+                if stored is not None:
+                    with torch.no_grad():
+                        stored.mul_(keep)
+        model.eval()
+        return _accuracy(model, x, y)
+    finally:
+        model.load_state_dict(state)
+        model.eval()
+
+
 def measure_sensitivity(
     graph: MaseGraph,
     weights: list[Weight] | None = None,
@@ -221,6 +249,8 @@ def measure_sensitivity(
     samples: int = 2000,
     split: str = "val",
     progress: bool = False,
+    retrain_steps: int = 0,
+    learning_rate: float = 1e-3,
 ) -> Sensitivity:
     """Accuracy of ``graph``'s model with each weight alone pruned to each sparsity, and k-means shared at each width.
 
@@ -233,6 +263,12 @@ def measure_sensitivity(
         samples: the first ``samples`` labelled images of ``split`` (fewer if the split is smaller).
         split: ``"val"``, ``"test"`` or ``"train"`` (see `machop.training.labelled_batch`).
         progress: show a progress bar (one step per evaluation).
+        retrain_steps: before each sparsity point is evaluated, fine-tune the whole model this many
+            optimizer steps (Adam at ``learning_rate``, batches of `RETRAIN_BATCH` training images, the
+            same images for every point) with the weight held at its pruned entries: the curve then says
+            what a layer *recovers*, not what it loses one-shot (big layers recover far more than small
+            ones). The baseline is then the model after the same fine-tune, nothing pruned, so the
+            fine-tune's own effect cancels out. 0: one-shot, nothing retrained.
 
     The model is left bit for bit as it was, also when interrupted.
     """
@@ -264,12 +300,16 @@ def measure_sensitivity(
     device = graph.device
     x, y = labelled_batch(data, samples, split)
     x, y = x.to(device), y.to(device)
+    train = None
+    if retrain_steps:
+        tx, ty = labelled_batch(data, retrain_steps * RETRAIN_BATCH, "train")
+        train = (tx.to(device), ty.to(device))
     modes = [(m, m.training) for m in model.modules()]
     bar = None
     try:
         model.eval()
         with torch.no_grad():
-            baseline = _accuracy(model, x, y)
+            baseline = _accuracy(model, x, y) if train is None else _recovered_accuracy(model, x, y, train, learning_rate)
             logger.info("sensitivity: baseline accuracy %.4f on %d %s samples; %d weight(s), %d sparsities, %d widths",
                         baseline, x.shape[0], split, len(measured), len(sparsities), len(bits))
             if progress:
@@ -288,7 +328,9 @@ def measure_sensitivity(
                             layer.sparsity.append((s, baseline))  # the model as it is: its accuracy
                         else:
                             stored.copy_(saved * keep)
-                            layer.sparsity.append((s, _accuracy(model, x, y)))
+                            acc = (_accuracy(model, x, y) if train is None else
+                                   _recovered_accuracy(model, x, y, train, learning_rate, stored, keep))
+                            layer.sparsity.append((s, acc))
                             stored.copy_(saved)
                         if bar is not None:
                             bar.advance(task)
@@ -334,8 +376,10 @@ class SensitivityArgs:
     split: Literal["val", "test"] = "val"
     types: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
+    retrain_steps: int = 0
 
     def validate(self, path: str) -> None:
+        check_range(self.retrain_steps, join(path, "retrain_steps"), 0, 100_000)
         for key, values in (("sparsities", self.sparsities), ("bits", self.bits)):
             for i, v in enumerate(values):
                 if key == "sparsities":
@@ -399,7 +443,8 @@ def sensitivity_analysis_pass(graph: MaseGraph, pass_args: dict | None = None) -
     chosen, left = select_weights(graph, args, path)
     graph.context.require_data("sensitivity")
     result = measure_sensitivity(graph, chosen, args.sparsities, args.bits, args.samples, args.split,
-                                 progress=graph.context.progress_bar)
+                                 progress=graph.context.progress_bar, retrain_steps=args.retrain_steps,
+                                 learning_rate=graph.context.training.learning_rate)
     if left or result.skipped:
         logger.info("sensitivity: not measured: %s",
                     ", ".join(f"{s['name']} ({s['reason']})" for s in left + result.skipped))

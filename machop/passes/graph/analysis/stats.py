@@ -25,12 +25,13 @@ def _weight_bits(w: Weight, weight: torch.Tensor) -> tuple[int, int]:
 
 
 def layer_stats(graph: MaseGraph) -> list[dict]:
-    """Per compressible weight: ``name``, ``kind``, ``weights``, ``nonzero``, ``estimated_bits``."""
+    """Per compressible weight: ``name``, ``kind``, ``shape``, ``weights``, ``nonzero``, ``estimated_bits``."""
     rows = []
     for w in graph.weights():
         weight = w.value()
         nonzero, bits = _weight_bits(w, weight)
-        rows.append({"name": w.name, "kind": w.kind.name, "weights": weight.numel(), "nonzero": nonzero,
+        rows.append({"name": w.name, "kind": w.kind.name, "shape": list(weight.shape), "weights": weight.numel(),
+                     "nonzero": nonzero,
                      "estimated_bits": bits})
     return rows
 

@@ -22,8 +22,8 @@ from machop.passes.graph.analysis.allocation import (
     position_bits,
 )
 from machop.passes.graph.analysis.sensitivity import LayerSensitivity, Sensitivity
-from machop.passes.graph.transforms.huffman import codec
-from machop.passes.graph.transforms.huffman.model import gap_encode
+from machop.ir.mchz import codec
+from machop.ir.mchz.model import gap_encode
 
 
 def random_layers(rng: np.random.Generator, n_layers: int = 3, n_options: int = 6) -> list[Options]:

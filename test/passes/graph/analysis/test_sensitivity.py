@@ -246,7 +246,7 @@ def test_defaults_and_bad_values_name_the_key(data, trained):
         ({"split": "train"}, "passes.sensitivity.split: must be one of 'val', 'test'"),
         ({"types": ["conv9"]}, "passes.sensitivity.types[0]: unknown layer type 'conv9'"),
         ({"exclude": ["fc1", "fc1"]}, "passes.sensitivity.exclude: lists a name twice"),
-        ({"sparsity": [0.5]}, "passes.sensitivity.sparsity: unknown key; allowed keys: bits, exclude, samples"),
+        ({"sparsity": [0.5]}, "passes.sensitivity.sparsity: unknown key; allowed keys: bits, exclude, retrain_steps, samples"),
     ]
     for table, message in bad:
         with pytest.raises(ConfigError) as e:

@@ -26,6 +26,8 @@ from machop.config import ConfigError, check_path, check_range, from_dict, join,
 from machop.files import atomic_write, output_problem
 from machop.ir import MaseGraph, copy_model
 
+from .int8 import MIN_OPSET, gather_kmeans, int8_plan, kmeans_layers, prepare, rewrite
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_FILENAME = "model.onnx"
@@ -38,7 +40,9 @@ class ExportArgs:
     path: str | None = None
     opset: int = 17
     check: bool = True
-    tolerance: float | None = None  # None: TOLERANCE of the file's dtype
+    tolerance: float | None = None  # None: TOLERANCE of the file's dtype (int8: INT8_TOLERANCE)
+    int8: bool = False  # fixed-point layers as int8 operators (QDQ), see `int8`
+    kmeans_gather: bool = False  # k-means weights stored as uint8 indices + codebook (a Gather)
 
     def validate(self, path: str) -> None:
         if self.path is not None and not self.path.strip():
@@ -46,6 +50,15 @@ class ExportArgs:
         check_path(self.path, join(path, "path"))
         check_range(self.opset, join(path, "opset"), 9, 25)
         check_range(self.tolerance, join(path, "tolerance"), 0, 1)
+        if self.int8 and self.opset < MIN_OPSET:
+            raise ConfigError(join(path, "opset"), f"int8 = true needs opset {MIN_OPSET} or later (per-channel "
+                                                   f"QuantizeLinear), got {self.opset}")
+
+
+# int8 = true: onnxruntime's outputs against machop's fake-quantized model, relative to the largest output.
+# A folded batch norm and the int32 bias round differently from float (a fraction of a step), which can move
+# a value across a rounding boundary of the next layer's input: one step there, not a wrong model.
+INT8_TOLERANCE = 0.05
 
 
 # check: max |difference| allowed, relative to the largest output, per dtype of the file (float16's 11-bit
@@ -65,6 +78,18 @@ def check_export_args(graph: MaseGraph, args: ExportArgs, path: str, earlier: li
         raise ConfigError(join(path, "path"), problem)
     if args.check:
         _onnxruntime(join(path, "check"))
+    for key in ("int8", "kmeans_gather"):
+        if getattr(args, key):
+            _onnx(join(path, key))
+
+
+def _onnx(key: str):
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError(key, "rewriting the file needs the onnx package: pip install 'machop[onnx]' "
+                               "(or onnx onnxruntime), or set it to false") from None
+    return onnx
 
 
 def _onnxruntime(key: str):
@@ -132,15 +157,19 @@ def _first_line(e: Exception) -> str:
 
 
 def _onnx_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], in_names: list[str], out_names: list[str],
-                opset: int) -> bytes:
-    """``model`` as an ONNX file (batch dimension dynamic); a one-line RuntimeError if the exporter refuses it."""
+                opset: int, keep_batchnorm: bool = False) -> bytes:
+    """``model`` as an ONNX file (batch dimension dynamic); a one-line RuntimeError if the exporter refuses it.
+
+    ``keep_batchnorm``: export in the model's own mode (eval) without the exporter's Conv + BatchNorm fusion,
+    so every weight is a constant of the file as the model holds it (onnxruntime fuses them when it loads)."""
     axes = {name: {0: "batch"} for name in in_names + out_names}
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
             torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, input_names=in_names,
-                              output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
+                              output_names=out_names, dynamic_axes=axes, do_constant_folding=True, training=mode)
     except Exception as e:  # the exporter raises many types for an op ONNX cannot express
         raise RuntimeError(f"export: torch.onnx.export cannot write this model ({type(e).__name__}: "
                            f"{_first_line(e)})") from None
@@ -185,6 +214,14 @@ def export_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGr
         target = Path(graph.context.output_dir) / DEFAULT_FILENAME
     else:
         raise ConfigError(join(key, "path"), "no file given and graph.context.output_dir is not set; set one of them")
+    if args.int8 or args.kmeans_gather:
+        info = _export_rewritten(graph, args, key, target, ort)
+        atomic_write(target, info.pop("data"))
+        info["onnx_bytes"] = os.path.getsize(target)
+        logger.info("wrote %s: %d bytes (ONNX opset %d%s%s)%s", target, info["onnx_bytes"], args.opset,
+                    ", int8" if args.int8 else "", ", k-means as Gather" if args.kmeans_gather else "",
+                    f", onnxruntime max |diff| {info['max_abs_diff']:.3g}" if info["verified"] else "")
+        return graph, info
     model = folded_copy(graph).cpu()
     dtype = model_dtype(model)
     inputs = tuple(t.cpu() for t in _inputs(graph, dtype))
@@ -232,6 +269,67 @@ def export_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGr
     logger.info("wrote %s: %d bytes (ONNX opset %d, %s)%s", target, info["onnx_bytes"], args.opset, info["dtype"],
                 f", onnxruntime max |diff| {info['max_abs_diff']:.3g}" if info["verified"] else "")
     return graph, info
+
+
+def _export_rewritten(graph: MaseGraph, args: ExportArgs, key: str, target: Path, ort) -> dict:
+    """``int8`` and/or ``kmeans_gather``: the file rewritten (see `int8`), in float32, checked against the model.
+
+    Returns the info with the file's bytes under ``"data"``.
+    """
+    _onnx(join(key, "int8" if args.int8 else "kmeans_gather"))
+    model = folded_copy(graph).cpu()
+    own = model_dtype(model)
+    if own not in (None, torch.float32):
+        model = model.float()
+    inputs = _widened(tuple(t.cpu() for t in _inputs(graph, torch.float32)))
+    with torch.no_grad():
+        expected = _tensors(model(*inputs))
+    in_names = [f"input_{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
+    out_names = [f"output_{i}" if len(expected) > 1 else "output" for i in range(len(expected))]
+    info = {"path": str(target), "onnx_bytes": None, "opset": args.opset,
+            "inputs": [[n, list(t.shape)] for n, t in zip(in_names, inputs)],
+            "outputs": [[n, list(t.shape)] for n, t in zip(out_names, expected)],
+            "dtype": "float32", "model_dtype": _name(own),
+            "fallback": None if own in (None, torch.float32) else f"the {_name(own)} model is rewritten in float32",
+            "max_abs_diff": None, "tolerance": None, "verified": None, "model_max_abs_diff": None,
+            "int8": None, "kmeans_gather": None}
+    if args.int8:
+        plan, floats = int8_plan(graph)
+        rows = prepare(model, plan)
+    data = _onnx_bytes(model, inputs, in_names, out_names, args.opset, keep_batchnorm=args.kmeans_gather)
+    if args.int8:
+        try:
+            data, counts = rewrite(data)
+        except Exception as e:  # onnx's checker and protobuf raise their own types
+            raise RuntimeError(f"export: the int8 rewrite failed ({type(e).__name__}: {_first_line(e)})") from None
+        int8_rows = [r for r in rows if r["arithmetic"] == "int8"]
+        info["int8"] = {"layers": rows, "float_layers": floats, **counts}
+        logger.info("int8: %d layer(s) in integer arithmetic (%s); float: %s", len(int8_rows),
+                    ", ".join(r["name"] for r in int8_rows) or "none",
+                    "; ".join(f"{f['name']} ({f['reason']})" for f in floats
+                              + [r for r in rows if r["arithmetic"] != "int8"]) or "none")
+    if args.kmeans_gather:
+        data, stored, missing = gather_kmeans(data, kmeans_layers(graph))
+        info["kmeans_gather"] = {"layers": stored, "not_stored": missing}
+        for m in missing:
+            logger.warning("export: k-means layer %s kept as float weights: %s", m["name"], m["reason"])
+    if ort is not None:
+        try:
+            got = _ort_outputs(ort, data, in_names, inputs)
+        except Exception as e:
+            raise RuntimeError(f"export: onnxruntime cannot run the file ({type(e).__name__}: {_first_line(e)})") from None
+        tolerance = args.tolerance if args.tolerance is not None else (
+            INT8_TOLERANCE if args.int8 else TOLERANCE[torch.float32])
+        diff = _max_diff(got, expected)
+        scale = max([float(e.double().abs().max()) for e in expected] + [1e-30])
+        info.update(max_abs_diff=diff, tolerance=tolerance, verified=diff <= tolerance * scale)
+        if got and got[0].dim() == 2 and got[0].shape[1] > 1:
+            info["argmax_agreement"] = float((got[0].argmax(1) == expected[0].argmax(1)).float().mean())
+        if not info["verified"]:
+            raise RuntimeError(f"export: onnxruntime's outputs differ from the model's by {diff:.3g} "
+                               f"(more than tolerance {tolerance} x {scale:.3g}); file not written")
+    info["data"] = data
+    return info
 
 
 def _max_diff(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:

@@ -1,14 +1,20 @@
-"""Deep Compression §4: canonical Huffman coding and the compressed model file (``.mchz``).
+"""Deep Compression §4 as passes: ``huffman_encode``, ``huffman_decode`` and ``huffman`` (both, bit-exact check).
 
-- `codec`: canonical Huffman over integer numpy arrays (vectorised encode/decode);
-- `format`: the container (magic, version, CRC-checked JSON header and sections), see FORMAT.md;
-- `model`: a model's quantized sparse weights as Huffman-coded values + relative positions;
-- `passes`: ``huffman_encode``, ``huffman_decode`` and ``huffman`` (both, with a bit-exact check).
+The file they write, ``.mchz`` (container, Huffman codec, model coding), is
+`machop.ir.mchz`, on the floor below the passes; its names are re-exported here.
 """
 
-from .codec import EncodedStream, HuffmanTable, code_lengths, decode, encode
-from .format import CompressedFileError
-from .model import decode_model, encode_model
+from machop.ir.mchz import (
+    CompressedFileError,
+    EncodedStream,
+    HuffmanTable,
+    code_lengths,
+    codec,
+    decode,
+    decode_model,
+    encode,
+    encode_model,
+)
 from .passes import (
     DEFAULT_FILENAME,
     HuffmanArgs,
@@ -18,9 +24,9 @@ from .passes import (
     huffman_decode_pass,
     huffman_encode_pass,
     huffman_pass,
-    load_compressed,
     parse_huffman_args,
 )
+from machop.ir.mchz import load_compressed
 
 __all__ = [
     "CompressedFileError",
@@ -32,6 +38,7 @@ __all__ = [
     "dense_copy",
     "HuffmanTable",
     "code_lengths",
+    "codec",
     "decode",
     "decode_model",
     "encode",

@@ -31,10 +31,10 @@ from machop.config import ConfigError, check_path, check_range, from_dict, join,
 from machop.files import BadFileError, NoSuchFile, output_problem
 from machop.ir import MaseGraph, PassContext, copy_model
 from machop.ir.serialize import class_name
-from machop.nn import is_rebuildable, weight_codes
+from machop.nn import is_rebuildable, require_finite, weight_codes
 
-from .format import write_atomic
-from .model import decode_model, encode_model, read_file, read_header
+from machop.ir.mchz import decode_model, encode_model, load_compressed, read_file, read_header
+from machop.ir.mchz.format import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def _decode_only(args: HuffmanArgs, path: str) -> None:
 
 
 def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
+    require_finite(graph.model, key_path)  # a NaN has no code: name its tensor
     target = compressed_path(graph, args, key_path)
     data, report = encode_model(graph, index_bits=args.index_bits, allow_raw=args.allow_raw)
     write_atomic(target, data)
@@ -203,27 +204,6 @@ def _decode(graph: MaseGraph, source: Path, saved_class: str | None = None) -> t
     """Decode ``source`` into ``graph`` (see `decode_model`); a missing file is `machop.files.NoSuchFile`."""
     graph = decode_model(read_file(source), graph, name=str(source), saved_class=saved_class)
     return graph, {"is_huffman": True, "path": str(source), "file_bytes": os.path.getsize(source)}
-
-
-def load_compressed(
-    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None,
-    saved_class: str | None = None,
-) -> MaseGraph:
-    """A MaseGraph decoded from a compressed file.
-
-    ``model``: your own model (or a MaseGraph of it) to decode into, of the
-    class the file records (``saved_class="OldName"``: the class it was
-    saved as, for a class renamed since); its architecture is checked
-    against the file first, a shrunk model's layers resized to the file's
-    shapes (none larger than the model's). None: the registry
-    model ``context`` names (built for its ``dataset_info``), else the one the
-    file names. ``context`` (default: a new one) becomes the graph's context.
-    Any file that cannot be used raises a one-line `CompressedFileError`
-    (a ValueError; a missing one `machop.files.NoSuchFile`, also a
-    FileNotFoundError), before anything of it is decoded when its header,
-    size or architecture is wrong.
-    """
-    return decode_model(read_file(path), None, name=str(path), context=context, model=model, saved_class=saved_class)
 
 
 def dense_copy(graph: MaseGraph) -> MaseGraph:

@@ -1,62 +1,13 @@
-"""The prune pass's configuration: ``[passes.prune]``, ``[passes.prune.weight]``, ``[passes.prune.activation]``.
+"""The prune pass's configuration: ``[passes.prune]``, ``.weight``, ``.activation``, ``.gradual``, typed and checked.
 
-```toml
-[passes.prune]
-remove = false                 # true: bake masks into plain weights after pruning
+Everything that can be checked without the graph is checked here, so a bad
+table fails before anything runs; names (in ``exclude`` and per-layer
+sparsities), kinds in ``types`` that the model lacks, and granularities a
+selected weight has no groups for (kernelwise on a Linear) are checked
+against the graph (`check_prune_args`), before anything changes.
 
-[passes.prune.weight]          # optional
-sparsity = 0.5                 # [0, 1), or a table {default = 0.5, conv1 = 0.2} keyed by node name (local scope),
-                               # or "auto": chosen per layer from sensitivity curves to meet [... .weight.auto] (see `auto`)
-scope = "local"                # local | global
-granularity = "elementwise"    # elementwise | kernelwise | channelwise
-method = "l1-norm"             # see METHODS; defaults to the first listed for the scope/granularity
-types = ["conv2d", "linear"]   # layer kinds to prune (default: every kind; see machop.nn.KINDS)
-exclude = ["fc2"]              # weights left dense: node, module or weight names (a module covers its weights)
-seed = 0                       # random methods; default: graph.context.training.seed
-group = true                   # channelwise: channels coupled across layers (residual adds, depthwise convs)
-                               # are scored together (mean of the layers' scores) and pruned together
-
-[passes.prune.activation]      # optional; same keys, plus
-calibration_samples = 256      # data-driven methods only
-```
-
-Gradual pruning (AGP, Zhu & Gupta 2017, "To prune or not to prune"): a
-``gradual`` sub-table turns the step into "prune while training". The
-weight table's ``sparsity`` is then the *final* one; each pruned weight's
-sparsity rises from ``initial_sparsity`` (capped at its final value) on the
-cubic schedule ``s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / ramp)**3``
-(`machop.passes.graph.transforms.prune.gradual.agp_sparsity`), the masks
-updated every ``frequency`` optimizer steps, the last update at ``t_0 +
-ramp`` reaching exactly the final sparsity; training then goes on at it.
-
-```toml
-[passes.agp]
-pass = "prune"
-remove = false                 # true: bake the masks in after training
-[passes.agp.weight]            # as above; sparsity is the FINAL sparsity
-sparsity = { default = 0.95, fc3 = 0.6 }
-[passes.agp.gradual]
-initial_sparsity = 0.0         # s_i, in [0, 1): every pruned weight's target at the first update (capped at its final)
-ramp_epochs = 6                # epochs over which the sparsity rises; or ramp_steps = N optimizer steps (exactly one)
-start_epoch = 0                # t_0: the epoch the first update happens at (dense training before it)
-frequency = 50                 # optimizer steps between mask updates; default: the ramp in 30 updates, ceil(ramp / 30)
-test = true                    # evaluate on the test split afterwards (test_acc, test_loss in info)
-[passes.agp.gradual.training]  # as a train step's [training]: max_epochs is the total (>= start_epoch + ramp_epochs)
-max_epochs = 10
-learning_rate = 1e-3
-[passes.agp.gradual.trainer]   # as a train step's [trainer] (optional)
-```
-
-Only epochs validated after the last mask update (the model at its final
-sparsity) count for the best ``val_acc``: they alone are kept in memory and
-written as ``checkpoints/<step>/best.ckpt``. Activation pruning cannot be
-gradual (a separate step prunes activations).
-
-Everything that can be checked without the graph is checked here; names
-(in ``exclude`` and per-layer sparsity), kinds in ``types`` that the model
-lacks, and granularities a selected weight has no groups for (kernelwise on
-a Linear) are checked against the graph (`check_prune_args`), before
-anything changes.
+Every key, with gradual pruning (AGP) and ``sparsity = "auto"``:
+docs/CONFIGURATION.md, "prune".
 """
 
 from __future__ import annotations
@@ -68,7 +19,7 @@ from machop.config import ConfigError, TrainSettings, check_range, from_dict, jo
 
 from machop.nn import KIND_NAMES
 from machop.passes.graph.analysis.allocation import PruneTarget
-from machop.training import step_settings
+from machop.training import parse_objective_args, step_settings
 
 from .activation_methods import ACTIVATION_METHODS
 from .weight_methods import WEIGHT_METHODS
@@ -183,8 +134,10 @@ class GradualArgs:
     test: bool = True
     training: dict[str, Any] | None = None
     trainer: dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None  # learn from a teacher while pruning (machop.training.DistillArgs)
 
     def validate(self, path: str) -> None:
+        parse_objective_args(self.distill, None, path)
         check_range(self.initial_sparsity, join(path, "initial_sparsity"), 0, 1, hi_open=True)
         if (self.ramp_epochs is None) == (self.ramp_steps is None):
             both = "both are given" if self.ramp_epochs is not None else "neither is given"

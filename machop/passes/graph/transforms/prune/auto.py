@@ -17,6 +17,7 @@ ratio = 60                 # or density = 0.05, size = 20000 (bytes), max_acc_dr
 value_bits = 5             # size and ratio: bits each kept value will cost after quantization
 sparsities = [0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99]   # measured; none beyond the largest is chosen
 samples = 2000             # validation images per evaluation
+retrain_steps = 0          # > 0: each point measured after this many fine-tuning steps (what a layer recovers)
 ```
 
 The step's info holds the curves (``sensitivity``, drawn as
@@ -47,7 +48,9 @@ def resolve_auto(graph: MaseGraph, args: WeightPruneArgs, targets: list, pass_ar
     ConfigError naming ``path`` (the auto table) when no choice meets the target.
     """
     sens = measure_sensitivity(graph, [t.weight for t in targets], sparsities=args.auto.sparsities, bits=(),
-                               samples=args.auto.samples, progress=graph.context.progress_bar)
+                               samples=args.auto.samples, progress=graph.context.progress_bar,
+                               retrain_steps=args.auto.retrain_steps,
+                               learning_rate=graph.context.training.learning_rate)
     measured = {layer.name for layer in sens.layers}
     stats = weight_stats(graph)
     weights = sum(t.weight.stored().numel() for t in targets if t.name in measured)

@@ -54,7 +54,8 @@ from machop.config import ConfigError, join
 from machop.ir.graph import MaseGraph
 from machop.ir.serialize import describe_structure
 from machop.nn import apply_mask
-from machop.training import check_accelerator, train_step
+from machop.ir.teacher import check_teacher, find_teacher
+from machop.training import build_objective, check_accelerator, parse_objective_args, train_step
 
 from .args import DEFAULT_UPDATES, GradualArgs, WeightPruneArgs
 from .targets import Target, active
@@ -182,12 +183,13 @@ class GradualPruning(pl.Callback):
         }
 
 
-def check_gradual(graph: MaseGraph, gradual: GradualArgs, path: str) -> None:
-    """ConfigError naming ``path`` (the gradual table) unless the ramp fits the training's epochs and this
-    machine can run its trainer."""
+def check_gradual(graph: MaseGraph, gradual: GradualArgs, path: str, earlier: list[str] = ()) -> None:
+    """ConfigError naming ``path`` (the gradual table) unless the ramp fits the training's epochs, this
+    machine can run its trainer and the teacher it distills from will be there."""
     s = gradual.settings(graph.context.training, path)
     gradual.check_fits(s, path)
     check_accelerator(s, join(path, "trainer"))
+    check_teacher(graph, gradual.distill, path, earlier)
 
 
 def prune_while_training(
@@ -242,10 +244,13 @@ def prune_while_training(
     for t in targets:
         apply_mask(t.weight, torch.ones(t.weight.stored().shape, dtype=torch.bool))
     callback = GradualPruning(gradual, gpath, update)
+    distill, _ = parse_objective_args(gradual.distill, None, gpath)
+    teacher = find_teacher(graph, distill.teacher, join(gpath, "distill.teacher")) if distill else None
     figures = train_step(graph.model, data, s, training=gradual.training, path=gpath, output_dir=ctx.output_dir,
                          folder=ctx.step or "prune", structure=json.dumps(describe_structure(graph)),
                          test=gradual.test, progress=ctx.progress_bar, callbacks=[callback],
-                         keep_best=lambda: callback.final, before_test=finish)
+                         keep_best=lambda: callback.final, before_test=finish,
+                         objective=build_objective([], teacher, distill, None))
     schedule = callback.summary()
     final = schedule["schedule"][-1] if schedule["schedule"] else None
     logger.info("gradual pruning: %d mask update(s) over steps %s..%s (every %s), final sparsity %s; "

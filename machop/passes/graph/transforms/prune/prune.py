@@ -48,7 +48,7 @@ def check_prune_args(graph: MaseGraph, args: PruneArgs, path: str, earlier: list
     if args.activation is not None:
         select(activation_targets(graph), args.activation, join(path, "activation"))
     if args.gradual is not None:
-        check_gradual(graph, args.gradual, join(path, "gradual"))
+        check_gradual(graph, args.gradual, join(path, "gradual"), earlier)
 
 
 def prune_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:

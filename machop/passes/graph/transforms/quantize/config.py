@@ -8,6 +8,7 @@
                                       # (biases, norm affine parameters) to it, stored so in the .mchz file
     max_acc_drop = 0.002              # optional; weight_bits = "auto": the summed accuracy loss allowed
     samples = 2000                    # optional; weight_bits = "auto": validation images measured
+    calibration_samples = 256         # optional; data_in_frac_width = "auto": training inputs calibrated on
 
     [passes.quantize.default.config]  # layers no other key selects
     name = "NA"                       # "NA": leave the layer alone
@@ -20,7 +21,8 @@
     weight_width = 8
     weight_frac_width = 6
     bias_width = 8                    # "NA" (both width and frac): bias not quantized
-    bias_frac_width = 4
+    bias_frac_width = 4               # any frac width may be "auto": chosen per layer (see below)
+    weight_granularity = "tensor"     # optional; "channel": one weight frac width per output channel
 
     [passes.quantize.conv2d.config]
     name = "kmeans"                   # Deep Compression weight sharing
@@ -74,6 +76,17 @@ codebook never goes to a 325-weight layer). The pass's info holds the
 curves and the choice, and the run's ``config.toml`` gets the table
 written out per layer (``by = "name"``), so the run repeats exactly.
 
+``"auto"`` frac widths are chosen per layer so that the tensor's largest
+magnitude fits (`machop.nn.fixed_point.auto_frac_width`): weights and
+biases from their own values (per output channel with ``weight_granularity
+= "channel"``), a layer's input from the largest magnitude it sees on
+``calibration_samples`` training inputs of the run's data (one forward pass
+of the model as it is before this step). The chosen widths are in the
+pass's info (``frac_widths``) and the run's ``config.toml`` gets the table
+written out per layer, as for ``weight_bits = "auto"``. A fixed-point layer
+whose weights round (nearly) all to zero is logged as a warning and listed
+in ``info["warnings"]``.
+
 Ranges: widths 1..16 bits (see `fixed_point`), frac widths 0..32 and allowed
 to exceed the width; ``weight_bits`` 1..16.
 """
@@ -94,7 +107,7 @@ ARITHMETICS = ("integer", "kmeans")
 MAX_KMEANS_BITS = 16
 AUTO = "auto"  # weight_bits chosen by the pass
 AUTO_BITS = tuple(range(1, 9))  # the widths weight_bits = "auto" chooses from
-SCALARS = ("side", "max_acc_drop", "samples")  # [passes.quantize] options that are not rules
+SCALARS = ("side", "max_acc_drop", "samples", "calibration_samples")  # [passes.quantize] options that are not rules
 FloatFormat = Literal["float32", "float16", "bfloat16"]  # machop.nn.FLOAT_FORMATS (a test keeps them equal)
 
 
@@ -104,25 +117,50 @@ def _check_pair(cfg, prefix: str, path: str, optional: bool) -> None:
         missing = f"{prefix}_frac_width" if frac is None else f"{prefix}_width"
         raise ConfigError(join(path, missing), f'must be "NA" exactly when {prefix}_width/{prefix}_frac_width is')
     check_range(width, join(path, f"{prefix}_width"), 1, MAX_WIDTH)
-    check_range(frac, join(path, f"{prefix}_frac_width"), 0, MAX_FRAC_WIDTH)
+    if isinstance(frac, int):
+        check_range(frac, join(path, f"{prefix}_frac_width"), 0, MAX_FRAC_WIDTH)
 
 
 @dataclass
 class IntegerConfig:
-    """Signed fixed point for inputs, weights and biases (``"NA"`` pair: that tensor stays float)."""
+    """Signed fixed point for inputs, weights and biases (``"NA"`` pair: that tensor stays float).
+
+    A frac width may be ``"auto"``: chosen per layer from the range (weights,
+    biases) or from a calibration batch of the run's data (``data_in``), see
+    `machop.nn.fixed_point.auto_frac_width`. ``weight_granularity =
+    "channel"`` gives every output channel its own weight frac width (with
+    ``weight_frac_width = "auto"``, or a list of one width per channel as the
+    run's ``config.toml`` writes it out).
+    """
 
     name: Literal["integer"]
     data_in_width: int | None
-    data_in_frac_width: int | None
+    data_in_frac_width: int | Literal["auto"] | None
     weight_width: int
-    weight_frac_width: int
+    weight_frac_width: int | list[int] | Literal["auto"]
     bias_width: int | None
-    bias_frac_width: int | None
+    bias_frac_width: int | Literal["auto"] | None
+    weight_granularity: Literal["tensor", "channel"] = "tensor"
 
     def validate(self, path: str) -> None:
         _check_pair(self, "data_in", path, optional=True)
         _check_pair(self, "weight", path, optional=False)
         _check_pair(self, "bias", path, optional=True)
+        key = join(path, "weight_frac_width")
+        if self.weight_granularity == "channel" and isinstance(self.weight_frac_width, int):
+            raise ConfigError(key, 'with weight_granularity = "channel" it must be "auto" or a list of '
+                                   f"one width per output channel, got {self.weight_frac_width}")
+        if isinstance(self.weight_frac_width, list):
+            if self.weight_granularity != "channel":
+                raise ConfigError(key, 'a list of widths needs weight_granularity = "channel"')
+            if not self.weight_frac_width:
+                raise ConfigError(key, "must not be an empty list")
+            for i, f in enumerate(self.weight_frac_width):
+                check_range(f, f"{key}[{i}]", 0, MAX_FRAC_WIDTH)
+
+    def has_auto(self) -> bool:
+        """True when a frac width is chosen by the pass."""
+        return AUTO in (self.data_in_frac_width, self.weight_frac_width, self.bias_frac_width)
 
 
 @dataclass
@@ -164,6 +202,7 @@ class QuantizeArgs:
     side: str = "float32"  # FloatFormat of every other float parameter (see the module docstring)
     max_acc_drop: float = 0.002  # weight_bits = "auto": summed accuracy loss allowed
     samples: int = 2000  # weight_bits = "auto": validation images measured
+    calibration_samples: int = 256  # data_in_frac_width = "auto": training inputs the input ranges are taken from
 
     def patterns(self) -> dict[str, re.Pattern]:
         return {key: re.compile(key) for key in self.rules} if self.by == "regex_name" else {}
@@ -213,6 +252,9 @@ def parse_quantize_args(pass_args: dict | None, path: str = "passes.quantize") -
     if "samples" in pass_args and not isinstance(pass_args["samples"], dict):
         args.samples = convert(int, pass_args["samples"], join(path, "samples"))
         check_range(args.samples, join(path, "samples"), 1, 10_000_000)
+    if "calibration_samples" in pass_args and not isinstance(pass_args["calibration_samples"], dict):
+        args.calibration_samples = convert(int, pass_args["calibration_samples"], join(path, "calibration_samples"))
+        check_range(args.calibration_samples, join(path, "calibration_samples"), 1, 1_000_000)
     for key, entry in pass_args.items():
         if key == "by" or (key in SCALARS and not isinstance(entry, dict)):
             continue

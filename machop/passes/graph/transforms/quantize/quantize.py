@@ -42,11 +42,14 @@ from machop.nn import (
     most_specific,
     quantizer_of,
     register,
+    require_finite,
     tensor_sites,
 )
+from machop.nn.fixed_point import ChannelFixedPoint, auto_frac_width, channel_max_abs
 from machop.passes.graph.analysis.allocation import InfeasibleBudget, choose_bits
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 from machop.passes.graph.analysis.sensitivity import Sensitivity, measure_sensitivity
+from machop.training import calibration_batch
 
 from .config import (
     AUTO,
@@ -60,6 +63,8 @@ from .config import (
 )
 
 logger = logging.getLogger(__name__)
+
+ZEROED_WARNING = 0.99  # a fixed-point layer rounding this share of its non-zero weights to zero is warned about
 
 
 def select_weights(graph: MaseGraph, args: QuantizeArgs) -> list[tuple[Weight, LayerConfig]]:
@@ -101,28 +106,115 @@ def select_weights(graph: MaseGraph, args: QuantizeArgs) -> list[tuple[Weight, L
 
 
 def check_quantize_args(graph: MaseGraph, args: QuantizeArgs, path: str, earlier: list[str] = ()) -> None:
-    """Check a parsed quantize table against ``graph`` (every key selects a weight) without changing it."""
-    select_weights(graph, args)
+    """Check a parsed quantize table against ``graph`` (every key selects a weight; per-channel widths fit the
+    layers' channels) without changing it."""
+    for w, cfg in select_weights(graph, args):
+        if not isinstance(cfg, IntegerConfig) or cfg.weight_granularity != "channel":
+            continue
+        key = join(args.path, "weight_granularity")
+        if w.kind.channel_dim is None:
+            raise ConfigError(key, f'"channel" needs output channels; {w.name} is a {w.kind.name}, which has none')
+        n = w.stored().shape[w.kind.channel_dim]
+        if isinstance(cfg.weight_frac_width, list) and len(cfg.weight_frac_width) != n:
+            raise ConfigError(join(args.path, "weight_frac_width"),
+                              f"{len(cfg.weight_frac_width)} widths for {w.name}, which has {n} output channels")
 
 
 def _check_not_quantized(graph: MaseGraph, w: Weight) -> None:
     for name in (w.tensor_name, w.bias_name):
-        if name is not None and quantizer_of(w.module, name) is not None:
+        if name is not None and (quantizer_of(w.module, name) is not None or _channel_quantizer(w.module, name)):
             raise ValueError(f"{w.name} is already quantized ({name}); a weight can be quantized only once")
     for node in graph.call_nodes(w.qualname):
         if input_quantizer(graph, node) is not None:
             raise ValueError(f"layer {node.name} already has an input quantizer; a layer can be quantized only once")
 
 
-def quantize_integer(graph: MaseGraph, w: Weight, cfg: IntegerConfig) -> str | None:
+def _channel_quantizer(module: torch.nn.Module, name: str) -> ChannelFixedPoint | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    return next((p for p in module.parametrizations[name] if isinstance(p, ChannelFixedPoint)), None)
+
+
+def calibrate_inputs(graph: MaseGraph, weights: list[Weight], samples: int) -> dict[str, float]:
+    """The largest |input| each layer of ``weights`` sees on ``samples`` training inputs (its module's first argument).
+
+    One forward pass of the model as it is (eval mode, no gradient), in
+    chunks of 64; a layer called several times takes the largest over its calls.
+    """
+    data = graph.context.require_data("quantize")
+    x = calibration_batch(data, samples)
+    seen: dict[str, float] = {}
+    hooks = []
+    for w in weights:
+        def hook(module, args, name=w.name):
+            if args and isinstance(args[0], torch.Tensor) and args[0].numel():
+                seen[name] = max(seen.get(name, 0.0), float(args[0].detach().abs().max()))
+        hooks.append(w.module.register_forward_pre_hook(hook))
+    model = graph.model
+    was_training = model.training
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
+    try:
+        model.eval()
+        with torch.no_grad():
+            for chunk in torch.split(x, 64):
+                model(chunk.to(device=device, dtype=dtype if chunk.is_floating_point() else chunk.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return seen
+
+
+def resolve_frac_widths(w: Weight, cfg: IntegerConfig, input_max: float | None) -> dict:
+    """The frac widths a layer gets: ``{"weight": int | [int per channel], "bias": int | None, "data_in": int | None}``.
+
+    ``"auto"`` ones from the tensor's largest magnitude (``input_max``: the calibrated input's).
+    """
+    with torch.no_grad():
+        weight = w.value()
+        if cfg.weight_granularity == "channel":
+            dim = w.kind.channel_dim
+            if isinstance(cfg.weight_frac_width, list):
+                fw = list(cfg.weight_frac_width)
+            else:
+                fw = [auto_frac_width(float(m), cfg.weight_width) for m in channel_max_abs(weight, dim)]
+        elif cfg.weight_frac_width == AUTO:
+            fw = auto_frac_width(float(weight.detach().abs().max()) if weight.numel() else 0.0, cfg.weight_width)
+        else:
+            fw = cfg.weight_frac_width
+        fb = cfg.bias_frac_width
+        if fb == AUTO:
+            bias = getattr(w.module, w.bias_name) if w.bias_name is not None else None
+            fb = auto_frac_width(float(bias.detach().abs().max()) if bias is not None and bias.numel() else 0.0,
+                                 cfg.bias_width)
+    fx = cfg.data_in_frac_width
+    if fx == AUTO:
+        fx = auto_frac_width(input_max, cfg.data_in_width) if input_max is not None else None
+    return {"weight": fw, "bias": fb, "data_in": fx}
+
+
+def quantize_integer(graph: MaseGraph, w: Weight, cfg: IntegerConfig, fracs: dict | None = None) -> str | None:
     """Fixed point on the weight, its bias and the layer's input (those whose widths are not "NA").
 
-    Returns why the input stays float, if it does.
+    ``fracs``: the resolved frac widths (`resolve_frac_widths`; None: ``cfg``'s,
+    which must then be numbers). Returns why the input stays float, if it does.
     """
-    register(w, FixedPoint(cfg.weight_width, cfg.weight_frac_width))
+    if fracs is None:
+        fracs = {"weight": cfg.weight_frac_width, "bias": cfg.bias_frac_width, "data_in": cfg.data_in_frac_width}
+    if isinstance(fracs["weight"], list):
+        dim = w.kind.channel_dim
+        if dim is None:
+            raise ValueError(f'{w.name}: weight_granularity = "channel" needs output channels; a {w.kind.name} has none')
+        if len(fracs["weight"]) != w.stored().shape[dim]:
+            raise ValueError(f"{w.name}: {len(fracs['weight'])} weight frac widths for {w.stored().shape[dim]} "
+                             "output channels")
+        register(w, ChannelFixedPoint(cfg.weight_width, fracs["weight"], dim))
+    else:
+        register(w, FixedPoint(cfg.weight_width, fracs["weight"]))
     if w.bias_name is not None and cfg.bias_width is not None:
         parametrize.register_parametrization(
-            w.module, w.bias_name, FixedPoint(cfg.bias_width, cfg.bias_frac_width), unsafe=True
+            w.module, w.bias_name, FixedPoint(cfg.bias_width, fracs["bias"]), unsafe=True
         )
     if cfg.data_in_width is None:
         return None
@@ -131,10 +223,19 @@ def quantize_integer(graph: MaseGraph, w: Weight, cfg: IntegerConfig) -> str | N
     nodes = graph.call_nodes(w.qualname)
     if not nodes:
         return "its module is not a node of the graph (it runs inside another module)"
+    if fracs["data_in"] is None:
+        return "no calibration input reached it"
     for node in nodes:
         if input_quantizer(graph, node) is None:  # a module with several weights gets one input quantizer
-            graph.insert_before(node, 0, f"{node.name}_data_in_quantizer", FixedPoint(cfg.data_in_width, cfg.data_in_frac_width))
+            graph.insert_before(node, 0, f"{node.name}_data_in_quantizer", FixedPoint(cfg.data_in_width, fracs["data_in"]))
     return None
+
+
+def zeroed_share(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The share of ``before``'s non-zero values that are zero in ``after`` (0 when it has none)."""
+    nonzero = before != 0
+    count = int(nonzero.sum())
+    return float((nonzero & (after == 0)).sum()) / count if count else 0.0
 
 
 def quantize_kmeans(w: Weight, bits: int, cfg: KMeansConfig, generator: torch.Generator | None = None,
@@ -218,50 +319,96 @@ def choose_auto_bits(graph: MaseGraph, args: QuantizeArgs,
     return chosen, sens
 
 
-def written_out(args: QuantizeArgs, plan: list[tuple[Weight, LayerConfig]], bits: dict[str, int]) -> dict:
-    """The table that repeats this step exactly: every quantized weight by name with its width spelled out."""
-    table: dict = {"by": "name", "side": args.side, "default": {"config": {"name": "NA"}}}
+def written_out(args: QuantizeArgs, plan: list[tuple[Weight, LayerConfig]], bits: dict[str, int],
+                fracs: dict[str, dict] | None = None) -> dict:
+    """The table that repeats this step exactly: every quantized weight by name with its widths spelled out."""
+    table: dict = {"by": "name", "side": args.side, "calibration_samples": args.calibration_samples,
+                   "default": {"config": {"name": "NA"}}}
+    fracs = fracs or {}
     for w, cfg in plan:
         if cfg is None:
             continue
         config = dataclasses.asdict(cfg)
         if isinstance(cfg, KMeansConfig):
             config["weight_bits"] = bits[w.name] if cfg.weight_bits == AUTO else cfg.bits_for(w.kind)
-        table[w.name] = {"config": config}
+        elif w.name in fracs:
+            chosen = fracs[w.name]
+            config["weight_frac_width"] = chosen["weight"]
+            if cfg.bias_frac_width == AUTO:
+                config["bias_frac_width"] = chosen["bias"]
+            if cfg.data_in_frac_width == AUTO:
+                if chosen["data_in"] is None:  # no input quantizer: the pair written as "NA"
+                    config["data_in_width"] = config["data_in_frac_width"] = "NA"
+                else:
+                    config["data_in_frac_width"] = chosen["data_in"]
+        table[w.name] = {"config": {k: ("NA" if v is None else v) for k, v in config.items()}}
     return table
+
+
+def _channel_row(row: dict, w: Weight, q: ChannelFixedPoint) -> dict:
+    """A summary row's columns for a per-channel fixed-point weight (the analysis knows per-tensor quantizers only)."""
+    size = row["size_bits"] - row["weight_size_bits"] + row["numel"] * q.width
+    return {**row, "arithmetic": "integer", "bits": q.width, "weight_size_bits": row["numel"] * q.width,
+            "size_bits": size, "compression": row["fp32_size_bits"] / size if size else None}
 
 
 def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
     """Quantize the weights ``[passes.quantize]`` selects (see `config` for the table).
 
     Returns ``info = {"by", "layers": [row, ...], "skipped": [{name, reason}], "float_inputs": [{name, reason}],
-    "total", "uncompressed"}`` (``uncompressed``: parameters no pass compresses, with the reason), one row per quantized weight (see `summarize_quantization` for the columns; k-means rows add
+    "total", "uncompressed", "warnings"}`` (``warnings``: fixed-point layers that round (nearly) all their
+    non-zero weights to zero; ``uncompressed``: parameters no pass compresses, with the reason), one row per quantized weight (see `summarize_quantization` for the columns; k-means rows add
     ``n_iter``, ``converged``, ``sse`` and ``relocation``), also written to its node's
     ``graph.meta(node)["software"]["quantize"]``. With ``weight_bits = "auto"`` it adds ``sensitivity``
-    (the measured curves), ``allocation`` (the chosen widths) and ``table`` (this step written out).
+    (the measured curves) and ``allocation`` (the chosen widths); integer rows with an ``"auto"`` or per-channel
+    width add ``frac_widths`` (the widths used, ``"auto"`` resolved) and ``data_in_max_abs`` (calibrated). With any ``"auto"`` it adds ``table``
+    (this step written out).
     """
     args = parse_quantize_args(pass_args, pass_path(graph.context.step, "passes.quantize"))
+    require_finite(graph.model, pass_path(graph.context.step, "passes.quantize"))  # k-means would make a NaN layer
+    check_quantize_args(graph, args, args.path)
     plan = select_weights(graph, args)
     for w, cfg in plan:
         if cfg is not None:
             _check_not_quantized(graph, w)
     auto_bits, sens = choose_auto_bits(graph, args, plan)
+    calibrated = [w for w, cfg in plan if isinstance(cfg, IntegerConfig) and cfg.data_in_frac_width == AUTO
+                  and graph.call_nodes(w.qualname)]
+    input_max = calibrate_inputs(graph, calibrated, args.calibration_samples) if calibrated else {}
     generator = torch.Generator().manual_seed(int(graph.context.training.seed))
     nodes = {n.name: n for n in graph.nodes}
-    rows, skipped, float_inputs = [], [], []
+    rows, skipped, float_inputs, warnings, fracs = [], [], [], [], {}
     for w, cfg in plan:
         if cfg is None:
             skipped.append({"name": w.name, "reason": 'config name = "NA" (default)'})
             continue
         extra = {}
         if isinstance(cfg, IntegerConfig):
-            why = quantize_integer(graph, w, cfg)
+            chosen = resolve_frac_widths(w, cfg, input_max.get(w.name))
+            with torch.no_grad():
+                before = w.value().detach().clone()
+            why = quantize_integer(graph, w, cfg, chosen)
             if why is not None:
                 float_inputs.append({"name": w.name, "reason": why})
+            fracs[w.name] = chosen
+            extra = {"frac_widths": chosen} if cfg.has_auto() or isinstance(chosen["weight"], list) else {}
+            if input_max.get(w.name) is not None:
+                extra["data_in_max_abs"] = input_max[w.name]
+            with torch.no_grad():
+                zeroed = zeroed_share(before, w.value())
+            if zeroed >= ZEROED_WARNING:
+                message = (f"{w.name}: fixed point {cfg.weight_width}.{_frac_text(chosen['weight'])} rounds "
+                           f"{zeroed:.1%} of its non-zero weights to zero (largest |weight| "
+                           f"{float(before.abs().max()):.3g}); set weight_frac_width = \"auto\"")
+                logger.warning("%s", message)
+                warnings.append({"name": w.name, "zeroed": zeroed, "message": message})
         else:
             bits = auto_bits[w.name] if cfg.weight_bits == AUTO else cfg.bits_for(w.kind)
             extra = quantize_kmeans(w, bits, cfg, generator, graph.model)
         row = quantization_row(graph, w)
+        channel = _channel_quantizer(w.module, w.tensor_name)
+        if channel is not None:
+            row = _channel_row(row, w, channel)
         if w.node is not None:
             graph.meta(nodes[w.node])["software"]["quantize"] = row
         rows.append({**row, **extra})
@@ -273,10 +420,19 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
     if side:
         logger.info("side parameters rounded to %s: %s", args.side, ", ".join(side))
     info = {"by": args.by, "layers": rows, "skipped": skipped, "float_inputs": float_inputs, "total": totals(rows),
-            "uncompressed": graph.uncompressed()}
+            "uncompressed": graph.uncompressed(), "warnings": warnings}
     if args.side != "float32":
         info["side"] = {"format": args.side, "tensors": side}
     if sens is not None:
-        info |= {"sensitivity": sens.to_json(), "allocation": {"max_acc_drop": args.max_acc_drop, "bits": auto_bits},
-                 "table": written_out(args, plan, auto_bits)}
+        info |= {"sensitivity": sens.to_json(), "allocation": {"max_acc_drop": args.max_acc_drop, "bits": auto_bits}}
+    auto_fracs = {w.name: fracs[w.name] for w, cfg in plan if isinstance(cfg, IntegerConfig) and cfg.has_auto()}
+    if auto_fracs:
+        logger.info("frac widths = auto: %s", ", ".join(
+            f"{name} weight {_frac_text(c['weight'])} input {c['data_in']}" for name, c in auto_fracs.items()))
+    if sens is not None or auto_fracs:
+        info["table"] = written_out(args, plan, auto_bits, fracs)
     return graph, info
+
+
+def _frac_text(frac: int | list[int]) -> str:
+    return str(frac) if isinstance(frac, int) else f"{min(frac)}..{max(frac)}"

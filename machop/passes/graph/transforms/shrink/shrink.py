@@ -7,6 +7,8 @@ for how channels are followed through the graph.
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +39,8 @@ from machop.passes.graph.analysis.channels import Analysis, analyse, effective_w
 from machop.passes.graph.analysis.pruning import collect_pruning_info
 
 logger = logging.getLogger(__name__)
+
+LATENCY_RUNS = 5  # forwards timed (after one warm-up) for the latency in info; their median is reported
 
 
 @dataclass
@@ -289,6 +293,24 @@ def _params(m: nn.Module) -> int:
     return sum(_stored(m, n).numel() for n in ("weight", "bias") if _stored(m, n) is not None)
 
 
+def _latency_ms(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Median wall time of one forward on ``inputs`` in milliseconds (eval mode, no grad; one warm-up run first)."""
+    was_training = model.training
+    model.eval()
+    cuda = any(t.is_cuda for t in inputs)
+    times = []
+    with torch.no_grad():
+        for i in range(LATENCY_RUNS + 1):
+            start = time.perf_counter()
+            model(*inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return 1000 * statistics.median(times)
+
+
 # --------------------------------------------------------------------------- the pass
 
 
@@ -299,7 +321,9 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     before/after), ``totals`` (``params``, ``macs`` before/after), ``kept``
     (pruned channels that could not be removed, with the reason),
     ``carriers``, ``approximate`` (zero-padded layers whose border outputs
-    differ, ``borders = "bias"``), ``biases_added`` and ``registry_model``.
+    differ, ``borders = "bias"``), ``biases_added``, ``registry_model`` and
+    ``latency`` (``ms``: median forward time before/after on the sample
+    inputs, eval mode; ``batch``, ``runs``, ``device``).
     """
     path = pass_path(graph.context.step, "passes.shrink")
     args = parse_shrink_args(pass_args, path)
@@ -313,6 +337,7 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     excluded |= {names[n] for n in args.exclude if n in names}
     before_info = collect_pruning_info(graph)["totals"]
     params_before = dense_parameter_count(gm)
+    latency_before = _latency_ms(gm, inputs)
 
     weights = effective_weights(gm)
     a = analyse(gm, inputs, weights)
@@ -384,6 +409,8 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
         "approximate": plan.approximate,
         "biases_added": biases_added,
         "registry_model": registry if layers else None,
+        "latency": {"ms": [latency_before, _latency_ms(gm, inputs)], "batch": int(inputs[0].shape[0]) if inputs else 0,
+                    "runs": LATENCY_RUNS, "device": str(graph.device)},
     }
     t = info["totals"]
     logger.info("shrink: %d layer(s) changed, params %d -> %d, MACs %s -> %s; %d pruned channel group(s) kept",

@@ -19,6 +19,10 @@ Seed-compatible config::
     learning_rate = 1e-4
     weight_decay = 0.0
     batch_size = 128
+    [passes.retrain.distill]    # learn from the baseline's outputs too (machop.training.objective)
+    teacher = "baseline"
+    [passes.retrain.prior]      # soft weight-sharing: cluster the kept weights, prune what the zero component claims
+    weight = 0.03
     [passes.retrain.trainer]
     accelerator = "auto"
     devices = 1
@@ -46,8 +50,9 @@ from typing import Any, Literal
 from machop.config import ConfigError, TrainSettings, check_name, from_dict, join, pass_path
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
+from machop.ir.teacher import check_teacher, find_teacher, keep_teacher
 from machop.nn import has_compression
-from machop.training import check_accelerator, evaluate, step_settings, train_step
+from machop.training import build_objective, check_accelerator, evaluate, parse_objective_args, step_settings, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class TrainArgs:
     project: str | None = None
     test: bool = True  # evaluate on the test split after training
     baseline: bool = False  # this step trains the dense baseline: skipped (only evaluated) when the run loaded one
+    distill: dict[str, Any] | None = None  # machop.training.DistillArgs
+    prior: dict[str, Any] | None = None  # machop.training.PriorArgs
 
     def validate(self, path: str) -> None:
         if self.load_name in ("None", "none"):  # the seed's spellings of no checkpoint
@@ -72,6 +79,10 @@ class TrainArgs:
         if self.load_name is not None and self.load_type is None:
             raise ConfigError(join(path, "load_type"), "is required with load_name; choose from pl, pt, mz")
         self.settings(TrainSettings(), path)  # check both tables now
+        if self.baseline and (self.distill is not None or self.prior is not None):
+            raise ConfigError(join(path, "distill" if self.distill is not None else "prior"),
+                              "does not go with baseline = true: the baseline is what later steps learn from")
+        parse_objective_args(self.distill, self.prior, path)
 
     def settings(self, base: TrainSettings, path: str = "passes.train") -> TrainSettings:
         """``base`` with the ``trainer`` table, then the ``training`` table, applied."""
@@ -100,6 +111,7 @@ def check_train_args(graph: MaseGraph, args: TrainArgs, path: str, earlier: list
     if args.load_name is not None and not Path(args.load_name).is_file():
         raise ConfigError(join(path, "load_name"), f"no such file: {args.load_name}")
     check_accelerator(args.settings(graph.context.training, path), join(path, "trainer"))
+    check_teacher(graph, args.distill, path, earlier)
 
 
 def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
@@ -116,15 +128,21 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     data = ctx.require_data("train")
     if args.baseline and ctx.loaded_from is not None:
         logger.info("baseline loaded from %s: not training it again", ctx.loaded_from)
+        keep_teacher(graph)
         return graph, {"skipped": True, **evaluate(graph.model, data, s, progress=ctx.progress_bar)}
     if args.load_name is not None:
         if has_compression(graph.model):
             raise ConfigError(join(path, "load_name"), "is the model a run starts from, but this model already has "
                                                        "masks or codebooks: load it before pruning or quantizing")
         load_weights(graph, args.load_name, args.load_type)
+    distill, prior = parse_objective_args(args.distill, args.prior, path)
+    teacher = find_teacher(graph, distill.teacher, join(path, "distill.teacher")) if distill else None
+    objective = build_objective(graph.weights(), teacher, distill, prior)
     info = train_step(graph.model, data, s, training=args.training, path=path, output_dir=ctx.output_dir,
                       folder=args.project or ctx.step or "train", structure=json.dumps(describe_structure(graph)),
-                      test=args.test, progress=ctx.progress_bar)
+                      test=args.test, progress=ctx.progress_bar, objective=objective)
+    if args.baseline:
+        keep_teacher(graph)
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
 

@@ -29,7 +29,7 @@ from machop.passes.graph.transforms.huffman import (
     parse_huffman_args,
 )
 from machop.nn import dense_parameter_count
-from machop.passes.graph.transforms.huffman.model import gap_decode, gap_encode
+from machop.ir.mchz.model import gap_decode, gap_encode
 from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.nn import weight_codes
 from machop.passes.graph.transforms.quantize import quantize_transform_pass
@@ -320,7 +320,7 @@ def test_huffman_pass_checks_outputs(tmp_path, monkeypatch):
         huffman_pass(graph, {})
     graph.context.output_dir = tmp_path
 
-    from machop.passes.graph.transforms.huffman import passes
+    from machop.ir.mchz import model as mchz_model
 
     def broken(data, g, name, **kwargs):  # a decoder that loses a bias: the check must notice
         g = decode_model(data, g, name, **kwargs)
@@ -328,6 +328,6 @@ def test_huffman_pass_checks_outputs(tmp_path, monkeypatch):
             g.model.fc3.bias.add_(1e-3)
         return g
 
-    monkeypatch.setattr(passes, "decode_model", broken)
+    monkeypatch.setattr(mchz_model, "decode_model", broken)  # what the pass's load_compressed decodes with
     with pytest.raises(RuntimeError, match="outputs differ"):
         huffman_pass(graph, {})

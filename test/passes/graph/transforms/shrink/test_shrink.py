@@ -24,7 +24,7 @@ from machop.models import get_model
 from machop.nn import get_mask
 from machop.passes.graph import PASSES, REGISTRY
 from machop.passes.graph.transforms.huffman import load_compressed
-from machop.passes.graph.transforms.huffman.format import pack_container, unpack_container
+from machop.ir.mchz.format import pack_container, unpack_container
 from machop.passes.graph.transforms.shrink import shrunk_like
 from machop.training import DataLoaders
 from zoo.models import MLP, Conv1dNet, ConvTransposeAE, DepthwiseNet, ResBlockNet, TinyTransformer

@@ -1,4 +1,4 @@
-"""The README's "Your own model" example, run exactly as written: compress in one process, open in another."""
+"""docs/YOUR_OWN_MODEL.md's example, run exactly as written: compress in one process, open in another."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "YOUR_OWN_MODEL.md"
 
 
 def example_files() -> dict[str, str]:
-    """The section's python blocks by the file name in their first line (``# mynet.py``)."""
-    text = README.read_text()
-    section = text[text.index("## Your own model"):]
-    section = section[: section.index("\n## ", 1)]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    return {block.splitlines()[0].removeprefix("#").strip(): block for block in blocks}
+    """The page's python blocks that are files, by name (fence ```python file=mynet.py```, first line ``# mynet.py``)."""
+    blocks = re.findall(r"```python file=(\S+)[^\n]*\n(.*?)```", PAGE.read_text(), re.S)
+    for name, code in blocks:
+        assert code.startswith(f"# {name}\n"), f"the block of {name} does not start with '# {name}'"
+    return dict(blocks)
 
 
-def test_readme_own_model_example_runs_and_the_new_process_gets_the_same_accuracy(tmp_path):
+def test_own_model_example_runs_and_the_new_process_gets_the_same_accuracy(tmp_path):
     files = example_files()
     assert list(files) == ["mynet.py", "compress.py", "use.py"]
     for name, code in files.items():

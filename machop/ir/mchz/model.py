@@ -14,6 +14,10 @@ weight once) the file stores, over the flattened weight:
   A gap of ``d`` pruned positions is ``d // G`` fillers then ``d % G``.
   (The paper's filler is a zero stored as a value; a pruned position must
   stay pruned, so a filler that carries no value is both exact and smaller.)
+  Positions are counted inside the *live* part of the weight when that is
+  cheaper (version 3, `live_positions`): bitmaps of the live indices of its
+  axes 0 and 1, or of its live kernels, are stored first, and whole dead
+  rows, columns, filters or kernels cost no gap symbols;
 - the **codebook**: a k-means layer's centroids, in the format its
   `KMeansWeight` uses them (the weight's dtype, as recorded for its
   centroids, or float16/bfloat16 with a ``codebook`` spec); a fixed-point
@@ -128,6 +132,106 @@ def gap_decode(symbols: np.ndarray, index_bits: int, numel: int) -> np.ndarray:
     return positions
 
 
+# --------------------------------------------------------------------------- live maps (version 3)
+
+LIVE_MAPS = ("channels", "kernels")
+
+
+def _axes(shape: list[int]) -> tuple[int, int, int]:
+    """A weight seen as ``(d0, d1, K)``: its first two axes and the elements per ``(d0, d1)`` kernel.
+
+    The maps are over the stored tensor's axes 0 and 1 whatever they mean
+    (out/in channels, in/out for a transposed conv, rows/columns of an
+    embedding): a dead slice along either costs no positions. A 1-d tensor
+    is ``(d0, 1, 1)``.
+    """
+    d0 = shape[0] if len(shape) >= 1 else 1
+    d1 = shape[1] if len(shape) >= 2 else 1
+    return d0, d1, _numel(shape[2:])
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    return np.packbits(bits.astype(bool), bitorder="little").tobytes()
+
+
+def map_bytes(live: dict | None, shape: list[int]) -> int:
+    """Bytes of a layer's live maps (``live``: its header record, None for none), from the weight's shape alone."""
+    if live is None:
+        return 0
+    d0, d1, _ = _axes(shape)
+    if live["map"] == "channels":
+        return (d0 + 7) // 8 + (d1 + 7) // 8
+    return (d0 * d1 + 7) // 8
+
+
+def live_positions(mask: np.ndarray, shape: list[int], how: str | None) -> tuple[dict | None, bytes, np.ndarray]:
+    """(header record, map bytes, kept positions inside the live sub-tensor) of ``mask`` mapped ``how``.
+
+    ``None``: no map, the positions are the flat ones. ``"channels"``: a
+    bitmap of the live indices of axis 0 and one of axis 1 (those holding a
+    kept weight), positions counted inside the sub-tensor they select.
+    ``"kernels"``: a bitmap of the live ``(d0, d1)`` kernels, positions
+    counted inside the live kernels. Either keeps the flat order, so the
+    values are stored in the same order.
+    """
+    if how is None:
+        return None, b"", np.flatnonzero(mask)
+    d0, d1, k = _axes(shape)
+    m3 = mask.reshape(d0, d1, k)
+    if how == "channels":
+        rows, cols = m3.any(axis=(1, 2)), m3.any(axis=(0, 2))
+        sub = m3[rows][:, cols]
+        record = {"map": "channels", "rows": int(rows.sum()), "cols": int(cols.sum())}
+        return record, _pack(rows) + _pack(cols), np.flatnonzero(sub)
+    kernels = m3.reshape(d0 * d1, k).any(axis=1)
+    record = {"map": "kernels", "kernels": int(kernels.sum())}
+    return record, _pack(kernels), np.flatnonzero(m3.reshape(d0 * d1, k)[kernels])
+
+
+def _unpack(data: bytes, n: int, claimed: int, what: str) -> np.ndarray:
+    """The ``n`` bits of a map (padding bits must be 0) holding exactly ``claimed`` ones; their indices."""
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise CompressedFileError(f"{what} map has bits set beyond its {n} entries")
+    live = np.flatnonzero(bits[:n])
+    if live.size != claimed:
+        raise CompressedFileError(f"{what} map has {live.size} live entries, the header claims {claimed}")
+    return live
+
+
+def flat_positions(live: dict | None, maps: bytes, shape: list[int], inner: np.ndarray) -> np.ndarray:
+    """Inverse of `live_positions`: the flat positions of ``inner`` (positions inside the live sub-tensor)."""
+    if live is None:
+        return inner
+    d0, d1, k = _axes(shape)
+    if live["map"] == "channels":
+        split = (d0 + 7) // 8
+        rows = _unpack(maps[:split], d0, live["rows"], "row")
+        cols = _unpack(maps[split:], d1, live["cols"], "column")
+        r, rest = np.divmod(inner, max(cols.size * k, 1))
+        c, e = np.divmod(rest, max(k, 1))
+        return (rows[r] * d1 + cols[c]) * k + e
+    kernels = _unpack(maps, d0 * d1, live["kernels"], "kernel")
+    q, e = np.divmod(inner, max(k, 1))
+    return kernels[q] * k + e
+
+
+def live_numel(live: dict | None, shape: list[int]) -> int:
+    """Elements of the sub-tensor a layer's positions are counted in."""
+    if live is None:
+        return _numel(shape)
+    d0, d1, k = _axes(shape)
+    return live["rows"] * live["cols"] * k if live["map"] == "channels" else live["kernels"] * k
+
+
+def _iid_bound(nnz: int, numel: int) -> float:
+    """H(d)/d bits per kept weight, d = nnz/numel: the least an i.i.d. position code can spend."""
+    if nnz == 0 or nnz >= numel:
+        return 0.0
+    d = nnz / numel
+    return float(-(d * np.log2(d) + (1 - d) * np.log2(1 - d)) / d)
+
+
 # --------------------------------------------------------------------------- signatures
 
 
@@ -148,7 +252,7 @@ def _tensor_from(data: bytes, shape: list[int], dtype: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(shape).clone()
 
 
-# --------------------------------------------------------------------------- storage formats (version 2)
+# --------------------------------------------------------------------------- storage formats (version 2 and later)
 
 
 def _chains(structure: dict) -> dict[tuple[str, str], list]:
@@ -164,7 +268,7 @@ class RawFormat(NamedTuple):
 
 
 def raw_format(key: str, dtype: str, chains: dict[tuple[str, str], list], version: int = VERSION) -> RawFormat:
-    """How a raw tensor is stored: as recorded, or (version 2) as the value its first parametrization rounds it to.
+    """How a raw tensor is stored: as recorded, or (version >= 2) as the value its first parametrization rounds it to.
 
     A float32/float64 ``<module>.parametrizations.<tensor>.original`` whose
     chain *starts* with
@@ -273,12 +377,46 @@ def _coded_weights(graph: MaseGraph, allow_raw: bool) -> tuple[list[tuple[Any, W
     return coded, raw
 
 
+# A layer's "live" record costs about this many header bytes (deflated): a map must save more to be used.
+_LIVE_RECORD_BYTES = 12
+
+
+def _cheapest_positions(mask: np.ndarray, shape: list[int], index_bits: int, maps: bool = True
+                        ) -> tuple[dict | None, bytes, codec.EncodedStream]:
+    """(live record or None, map bytes, gap stream) of the cheapest way to store ``mask``'s kept positions.
+
+    Tries the flat positions, then (for a mask with a dead index on axis 0 or
+    1) the channel maps, and (when a whole ``(d0, d1)`` kernel is dead) the
+    kernel map; each costs its map bytes, its gap stream and its code table.
+    """
+    options = [None]
+    if maps and mask.size and 0 < mask.sum() < mask.size:
+        d0, d1, k = _axes(shape)
+        m3 = mask.reshape(d0, d1, k)
+        if not (m3.any(axis=(1, 2)).all() and m3.any(axis=(0, 2)).all()):
+            options.append("channels")
+        if not m3.any(axis=2).all():
+            options.append("kernels")
+    best = None
+    for how in options:
+        live, maps, inner = live_positions(mask, shape, how)
+        stream = _encode_stream(gap_encode(inner, index_bits))
+        cost = len(maps) + stream.nbytes + _table_cost(stream.table) // 8 + (_LIVE_RECORD_BYTES if live else 0)
+        if best is None or cost < best[0]:
+            best = (cost, live, maps, stream)
+    return best[1], best[2], best[3]
+
+
 def _record_name(qualname: str, tensor: str) -> str:
     return qualname if tensor == "weight" else f"{qualname}.{tensor}"
 
 
-def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False) -> tuple[bytes, dict]:
+def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False,
+                 live_maps: bool = True) -> tuple[bytes, dict]:
     """The compressed file of ``graph`` as bytes, and a report (per weight and total).
+
+    ``live_maps`` False: every layer's positions over its whole weight, as
+    version 2 laid them out (for comparisons; the file is still version 3).
 
     Raises ValueError naming the first compressible weight that is not
     quantized, unless ``allow_raw`` (then the report lists it in ``raw_layers``).
@@ -323,7 +461,7 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
         if values.size and (values.min() < 0 or values.max() >= codebook.numel()):
             raise ValueError(f"huffman_encode: weight {w.name} has codes outside its codebook of {codebook.numel()}")
         v_stream = _encode_stream(values)
-        g_stream = _encode_stream(gap_encode(positions, index_bits))
+        live, maps, g_stream = _cheapest_positions(mask, list(wc.codes.shape), index_bits, live_maps)
         book = b""  # a fixed-point grid is not stored: the chain's FixedPoint spec determines it
         if wc.kind == "kmeans":
             stored = codebook.to(_DTYPES[wc.codebook_format])
@@ -331,28 +469,32 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False)
                 raise ValueError(f"huffman_encode: the codebook of {w.name} is not exact in {wc.codebook_format}")
             book = _tensor_bytes(stored)
         name = _record_name(w.qualname, w.tensor_name)
-        sections.append((f"layer:{name}", v_stream.data() + g_stream.data() + book))
+        sections.append((f"layer:{name}", maps + v_stream.data() + g_stream.data() + book))
         where = {} if name == w.qualname else {"module": w.qualname, "tensor": w.tensor_name}  # default: name, weight
         node = {} if w.name == name else {"node": w.name}  # default: the name
         parts["values"] += v_stream.nbytes
-        parts["positions"] += g_stream.nbytes
+        parts["positions"] += len(maps) + g_stream.nbytes
         parts["codebooks"] += len(book)
         layers.append({
             "name": name, **where, **node, "shape": list(wc.codes.shape), "kind": wc.kind,
             "bits": int(wc.bits), "codebook_size": int(codebook.numel()), "nnz": int(positions.size),
-            "values": v_stream.meta(), "gaps": g_stream.meta(),
+            "values": v_stream.meta(), "gaps": g_stream.meta(), **({"live": live} if live is not None else {}),
         })
-        v_bits, g_bits = v_stream.nbits + v_stream.sync_bits, g_stream.nbits + g_stream.sync_bits
+        v_bits, g_bits = v_stream.nbits + v_stream.sync_bits, g_stream.nbits + g_stream.sync_bits + 8 * len(maps)
         v_total, g_total = v_total + v_bits, g_total + g_bits
         nnz = int(positions.size)
         rows.append({
             "layer": w.name, "type": w.kind.name, "kind": wc.kind, "bits": int(wc.bits), "numel": int(mask.size),
             "nnz": nnz, "density": nnz / mask.size if mask.size else 0.0,
             "bits_per_weight": v_bits / nnz if nnz else 0.0,  # Huffman-coded value bits per kept weight
-            "bits_per_index": g_bits / nnz if nnz else 0.0,  # Huffman-coded relative-position bits per kept weight
+            "bits_per_index": g_bits / nnz if nnz else 0.0,  # position bits (maps + coded gaps) per kept weight
+            # the same, beside the least an i.i.d. mask of this density costs: below it when the mask has structure
+            "position_bits_per_weight": g_bits / nnz if nnz else 0.0,
+            "iid_bound_bits_per_weight": _iid_bound(nnz, int(mask.size)),
+            "position_map": live["map"] if live is not None else None, "map_bytes": len(maps),
             "entropy_per_weight": _entropy(values), "gap_symbols": int(g_stream.count),
-            "bytes": v_stream.nbytes + g_stream.nbytes + len(book),
-            "values_bytes": v_stream.nbytes, "positions_bytes": g_stream.nbytes, "codebook_bytes": len(book),
+            "bytes": len(maps) + v_stream.nbytes + g_stream.nbytes + len(book),
+            "values_bytes": v_stream.nbytes, "positions_bytes": len(maps) + g_stream.nbytes, "codebook_bytes": len(book),
             "codebook_format": wc.codebook_format if wc.kind == "kmeans" else None,
             "dense_bytes": 4 * int(mask.size),
         })
@@ -486,7 +628,8 @@ class _Layer:
 
     def __init__(self, rec: object, index_bits: int, sig: dict[str, tuple[list[int], str]], sections: dict[str, int],
                  chains: dict[tuple[str, str], list], version: int):
-        rec = _keys(rec, _LAYER_KEYS, "a layer record", frozenset({"module", "tensor", "node"}))
+        optional = {"module", "tensor", "node"} | ({"live"} if version >= 3 else set())
+        rec = _keys(rec, _LAYER_KEYS, "a layer record", frozenset(optional))
         self.name = name = _str(rec["name"], "layer name")
         what = f"layer {name!r}"
         self.module = _str(rec.get("module", name), f"{what}: module", empty=True)
@@ -505,21 +648,42 @@ class _Layer:
         self.k = _int(rec["codebook_size"], f"{what}: codebook_size", 1, min(MAX_CODEBOOK, 1 << self.bits))
         _need(self.kind != "integer" or self.k == 1 << self.bits,
               f"{what}: a fixed-point codebook has 2^bits = {1 << self.bits} entries, not {self.k}")
-        self.nnz = _int(rec["nnz"], f"{what}: nnz", 0, self.numel)
+        self.live = self._live(rec.get("live"), what)
+        self.map_bytes = map_bytes(self.live, self.shape)
+        self.live_numel = live_numel(self.live, self.shape)  # the counts checked against the shape: no overflow
+        self.nnz = _int(rec["nnz"], f"{what}: nnz", 0, self.live_numel)
         # values: one code per kept weight; gaps: one symbol per kept weight plus fillers, each advancing the
-        # position by >= 1, so at most numel. A one-symbol (0-bit) table is bounded by these counts alone.
+        # position by >= 1 inside the live sub-tensor, so at most its size. A one-symbol (0-bit) table is
+        # bounded by these counts alone.
         self.values = self._stream(rec["values"], f"{what}: values", self.nnz, self.nnz, 0, self.k - 1)
         filler = (1 << index_bits) - 1
-        self.gaps = self._stream(rec["gaps"], f"{what}: gaps", self.nnz, self.numel, 0, filler)
+        self.gaps = self._stream(rec["gaps"], f"{what}: gaps", self.nnz, self.live_numel, 0, filler)
         _need((self.gaps[1] == 0) == (self.nnz == 0), f"{what}: gap symbols without kept weights, or the reverse")
         self.section = f"layer:{name}"
         self.codebook_format, self.frac_width = self._codebook(chains.get((self.module, self.tensor)), sig, what,
                                                                version)
         self.codebook_bytes = 0 if self.codebook_format is None else self.k * _ITEMSIZE[self.codebook_format]
-        self.nbytes = self.values[2] + self.gaps[2] + self.codebook_bytes
+        self.nbytes = self.map_bytes + self.values[2] + self.gaps[2] + self.codebook_bytes
         got = sections.get(self.section)
         _need(got is not None, f"section of {what} missing")
         _need(got == self.nbytes, f"section of {what} has {got} bytes, expected {self.nbytes}")
+
+    def _live(self, live: object, what: str) -> dict | None:
+        """The checked ``live`` record (version 3): which map, and live counts within the weight's axes."""
+        if live is None:
+            return None
+        _need(isinstance(live, dict) and live.get("map") in LIVE_MAPS,
+              f"{what}: live.map must be one of {', '.join(LIVE_MAPS)}")
+        d0, d1, _ = _axes(self.shape)
+        _need(len(self.shape) >= 1, f"{what}: a 0-d weight has no live map")
+        if live["map"] == "channels":
+            _keys(live, {"map", "rows", "cols"}, f"{what}: live")
+            _int(live["rows"], f"{what}: live.rows", 0, d0)
+            _int(live["cols"], f"{what}: live.cols", 0, d1)
+        else:
+            _keys(live, {"map", "kernels"}, f"{what}: live")
+            _int(live["kernels"], f"{what}: live.kernels", 0, d0 * d1)
+        return live
 
     def _codebook(self, chain: list | None, sig: dict[str, tuple[list[int], str]], what: str,
                   version: int) -> tuple[str | None, int | None]:
@@ -529,7 +693,7 @@ class _Layer:
         ``codebook`` spec, a 16-bit float, is the codebook's format; absent or
         float32: the dtype its centroids are recorded in, the weight's, see
         `machop.nn.codes.codebook_format`; version 1: always float32) or a
-        `FixedPoint` of ``bits`` width (version 2 stores no codebook: it is
+        `FixedPoint` of ``bits`` width (versions 2 and 3 store no codebook: it is
         the grid of the spec's widths).
         """
         last = chain[-1] if chain else None
@@ -848,18 +1012,20 @@ class _Decoder:
         return out
 
     def _layer(self, layer: _Layer) -> WeightCodes:
-        data = self.sections[layer.section]
+        section = self.sections[layer.section]
+        maps, data = section[: layer.map_bytes], section[layer.map_bytes :]
         v_len, g_len = layer.values[2], layer.gaps[2]
         values = codec.decode(codec.EncodedStream.from_parts(layer.values[0], data[:v_len], max_count=layer.nnz))
         gaps = codec.decode(codec.EncodedStream.from_parts(layer.gaps[0], data[v_len : v_len + g_len],
-                                                           max_count=layer.numel))
-        positions = gap_decode(gaps, self.hdr.index_bits, layer.numel)
+                                                           max_count=layer.live_numel))
+        positions = flat_positions(layer.live, maps, layer.shape, gap_decode(gaps, self.hdr.index_bits,
+                                                                             layer.live_numel))
         del gaps
         if positions.size != values.size or values.size != layer.nnz:
             raise self.fail(f"layer {layer.name!r}: {positions.size} positions for {values.size} values")
         if values.size and (values.min() < 0 or values.max() >= layer.k):
             raise self.fail(f"layer {layer.name!r}: codes outside the codebook")
-        if layer.codebook_format is None:  # version 2 fixed point: the grid of the recorded widths
+        if layer.codebook_format is None:  # version >= 2 fixed point: the grid of the recorded widths
             codebook = fixed_point_grid(layer.bits, layer.frac_width)
         else:
             # in its stored format: load_weight_codes casts it to the centroids' dtype (exact)
@@ -977,6 +1143,27 @@ def read_file(path: str | os.PathLike) -> bytes:
         return f.read_all()
 
 
+def load_compressed(
+    path: str | os.PathLike, model: nn.Module | MaseGraph | None = None, context: PassContext | None = None,
+    saved_class: str | None = None,
+) -> MaseGraph:
+    """A MaseGraph decoded from a compressed file.
+
+    ``model``: your own model (or a MaseGraph of it) to decode into, of the
+    class the file records (``saved_class="OldName"``: the class it was
+    saved as, for a class renamed since); its architecture is checked
+    against the file first, a shrunk model's layers resized to the file's
+    shapes (none larger than the model's). None: the registry
+    model ``context`` names (built for its ``dataset_info``), else the one the
+    file names. ``context`` (default: a new one) becomes the graph's context.
+    Any file that cannot be used raises a one-line `CompressedFileError`
+    (a ValueError; a missing one `machop.files.NoSuchFile`, also a
+    FileNotFoundError), before anything of it is decoded when its header,
+    size or architecture is wrong.
+    """
+    return decode_model(read_file(path), None, name=str(path), context=context, model=model, saved_class=saved_class)
+
+
 def file_header(data: bytes, name: str = "compressed file") -> dict:
     """The checked JSON header of a compressed model file in memory (for tools and reports)."""
     header, entries = unpack_header(data, name)
@@ -986,5 +1173,5 @@ def file_header(data: bytes, name: str = "compressed file") -> dict:
 
 __all__ = [
     "FORMAT_NAME", "encode_model", "decode_model", "gap_encode", "gap_decode", "file_header", "read_header",
-    "read_file", "check_header",
+    "read_file", "check_header", "load_compressed",
 ]

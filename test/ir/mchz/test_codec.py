@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from machop.passes.graph.transforms.huffman import codec
-from machop.passes.graph.transforms.huffman.codec import EncodedStream, HuffmanTable, code_lengths, decode, encode
-from machop.passes.graph.transforms.huffman.format import CompressedFileError
+from machop.ir.mchz import codec
+from machop.ir.mchz.codec import EncodedStream, HuffmanTable, code_lengths, decode, encode
+from machop.ir.mchz.format import CompressedFileError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -4,12 +4,12 @@ Layout (all integers little-endian; see FORMAT.md for the full description)::
 
     offset  size  field
     0       8     magic  b"\\x89MCZ\\r\\n\\x1a\\n"
-    8       2     version (uint16) = 2 (1 is read too)
+    8       2     version (uint16) = 3 (1 and 2 are read too)
     10      2     flags (uint16) = 0
     12      4     header length H (uint32), at most MAX_HEADER_BYTES
     16      4     CRC32 of bytes 0..15 followed by the H header bytes
     20      H     header: UTF-8 JSON object, with "sections": [{"name", "length", "crc32"}, ...], compressed:
-                  version 2 as a raw deflate stream with the preset dictionary HEADER_DICTIONARY,
+                  versions 2 and 3 as a raw deflate stream with the preset dictionary HEADER_DICTIONARY,
                   version 1 as a zlib stream
     20+H    ...   the sections, back to back in header order, nothing after the last one
 
@@ -23,29 +23,28 @@ what the checks so far allow: the path must be a regular file (``os.fstat``
 of the open file; a directory, FIFO or device is refused without reading);
 the 20-byte prefix (magic, version, ``H <= MAX_HEADER_BYTES``, ``20 + H <=``
 file size); the ``H`` header bytes and their CRC; the header inflated to at
-most `MAX_HEADER_BYTES`, its bracket nesting counted on the text (at most
-`MAX_HEADER_DEPTH`) before it is parsed as JSON, its section table checked; the file size must then be exactly what the
+most `MAX_HEADER_BYTES`, then read as untrusted JSON (`machop.ir.untrusted`:
+its bracket nesting counted on the text, at most `MAX_HEADER_DEPTH`, before it
+is parsed; no NaN/Infinity, no duplicate key), its section table checked
+against `SECTION_TABLE`; the file size must then be exactly what the
 section table claims; only then are the sections read, each checked by its CRC.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import re
 import struct
 import zlib
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from machop.files import BadFileError, atomic_write, open_regular
+from machop.ir.untrusted import Anything, Int, JsonLimits, ListOf, Obj, Str, load_untrusted
 
 MAGIC = b"\x89MCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode transfers
-VERSION = 2  # what the writer writes
-VERSIONS = (1, 2)  # what a reader reads
+VERSION = 3  # what the writer writes
+VERSIONS = (1, 2, 3)  # what a reader reads
 _PREFIX = struct.Struct("<8sHHII")  # magic, version, flags, header length, header crc
 PREFIX_SIZE = _PREFIX.size  # 20
 # The header JSON, inflated, is at most 2 MiB (and so is its compressed form, H): real headers are 6 kB
@@ -54,7 +53,7 @@ PREFIX_SIZE = _PREFIX.size  # 20
 MAX_HEADER_BYTES = 2 << 20
 MAX_HEADER_DEPTH = 32  # JSON nesting (a model header nests ~8 deep)
 MAX_SECTIONS = 1 << 16
-# Version 2 deflates the header with this preset dictionary (zlib's zdict; deflate's window reaches back into it):
+# Versions 2 and 3 deflate the header with this preset dictionary (zlib's zdict; deflate's window reaches back into it):
 # the keys, class names and values nearly every header holds, the likeliest last. A header of a few kB then
 # costs no literal for its first "parametrizations" or "KMeansWeight". Part of the format: never change it
 # within a version (FORMAT.md lists it byte for byte).
@@ -130,32 +129,14 @@ def pack_container(header: dict, sections: list[tuple[str, bytes]], version: int
 # --------------------------------------------------------------------------- reading
 
 
-def _is_int(x: object) -> bool:
-    return type(x) is int  # not bool
-
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)  # a JSON string literal (linear: no ambiguous repetition)
-_OPEN, _CLOSE = np.zeros(256, np.int8), np.zeros(256, np.int8)
-_OPEN[[ord("["), ord("{")]] = 1
-_CLOSE[[ord("]"), ord("}")]] = 1
-
-
-def json_depth(text: bytes) -> int:
-    """The deepest nesting of brackets in JSON ``text`` outside string literals (``{}`` and ``[]`` are 1).
-
-    Computed on the text before it is parsed (a bracket count over the bytes
-    left once string literals are removed), so neither the parser's recursion
-    nor the Python objects of a deep document are ever reached.
-    """
-    stripped = np.frombuffer(_JSON_STRING.sub(b"", text), dtype=np.uint8)
-    if stripped.size == 0:
-        return 0
-    level = np.cumsum(_OPEN[stripped].astype(np.int32) - _CLOSE[stripped])
-    return int(level.max(initial=0))
-
-
-def _no_constants(name: str):
-    raise ValueError(f"non-finite number {name}")
+# The header as untrusted JSON: within these limits, the section table of this schema (`machop.ir.untrusted`).
+HEADER_LIMITS = JsonLimits(max_bytes=MAX_HEADER_BYTES, max_depth=MAX_HEADER_DEPTH, max_key=1 << 14,
+                           max_string=MAX_HEADER_BYTES)
+SECTION_TABLE = Obj(
+    required={"sections": ListOf(Obj({"name": Str(max_len=1 << 14), "length": Int(0, (1 << 63) - 1),
+                                      "crc32": Int(0, (1 << 32) - 1)}), max_len=MAX_SECTIONS)},
+    rest=Anything(),
+)
 
 
 def _parse_header(head: bytes, name: str, version: int = VERSION) -> tuple[dict, list[tuple[str, int, int]]]:
@@ -169,31 +150,11 @@ def _parse_header(head: bytes, name: str, version: int = VERSION) -> tuple[dict,
         raise CompressedFileError(f"{name}: malformed header (inflates to more than {MAX_HEADER_BYTES} bytes)")
     if not inflate.eof or inflate.unused_data:
         raise CompressedFileError(f"{name}: malformed header (not one complete {'zlib' if version == 1 else 'deflate'} stream)")
-    if json_depth(text) > MAX_HEADER_DEPTH:
-        raise CompressedFileError(f"{name}: malformed header (JSON nested deeper than {MAX_HEADER_DEPTH})")
-    collecting = gc.isenabled()
-    gc.disable()  # parsing makes no cycles; with the collector on, 2 MiB of "[[]]," takes 1.2 s instead of 0.07 s
-    try:
-        header = json.loads(text.decode("utf-8"), parse_constant=_no_constants)
-    except RecursionError:  # not reached: the depth is checked first
-        raise CompressedFileError(f"{name}: malformed header (JSON nested too deep)") from None
-    except (ValueError, MemoryError) as e:  # UnicodeDecodeError, JSONDecodeError, too many digits, NaN
-        raise CompressedFileError(f"{name}: malformed header (not UTF-8 JSON: {type(e).__name__})") from None
-    finally:
-        if collecting:
-            gc.enable()
-    if not isinstance(header, dict):
-        raise CompressedFileError(f"{name}: malformed header (not a JSON object)")
-    table = header.pop("sections", None)
-    if not isinstance(table, list) or len(table) > MAX_SECTIONS:
-        raise CompressedFileError(f"{name}: malformed header (no valid 'sections' list)")
+    header = load_untrusted(text, SECTION_TABLE, name, "header", HEADER_LIMITS,
+                            fail=lambda problem: CompressedFileError(f"{name}: malformed header ({problem})"))
+    table = header.pop("sections")
     entries, seen = [], set()
     for e in table:
-        if (not isinstance(e, dict) or set(e) != {"name", "length", "crc32"} or not isinstance(e["name"], str)
-                or not _is_int(e["length"]) or not _is_int(e["crc32"])):
-            raise CompressedFileError(f"{name}: malformed header (a section entry is not {{name, length, crc32}})")
-        if e["length"] < 0 or not 0 <= e["crc32"] < 1 << 32:
-            raise CompressedFileError(f"{name}: malformed header (section {e['name']!r}: length or crc32 out of range)")
         if e["name"] in seen:
             raise CompressedFileError(f"{name}: malformed header (section {e['name']!r} repeated)")
         seen.add(e["name"])

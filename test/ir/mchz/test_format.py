@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from machop.passes.graph.transforms.huffman.format import (
+from machop.ir.mchz.format import (
     MAGIC,
     PREFIX_SIZE,
     VERSION,
@@ -140,9 +140,9 @@ def test_write_atomic_leaves_no_temporary(tmp_path):
 def test_format_md_lists_the_dictionary_byte_for_byte():
     from pathlib import Path
 
-    from machop.passes.graph.transforms.huffman.format import HEADER_DICTIONARY
+    from machop.ir.mchz.format import HEADER_DICTIONARY
 
-    text = (Path(__file__).resolve().parents[5] / "machop/passes/graph/transforms/huffman/FORMAT.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "machop/ir/mchz/FORMAT.md").read_text()
     block = text.split("## 8. The header dictionary (version 2)")[1].split("```\n")[1]
     assert block.replace("\n", "").encode() == HEADER_DICTIONARY
     assert f"{len(HEADER_DICTIONARY)} bytes" in text

@@ -5,7 +5,7 @@ activations, k-means convolutions with float16 codebooks and float16
 biases, fixed-point linear layers with inserted input quantizers; ~12 kB) is taken apart, its JSON header mutated (sizes,
 counts, nbits, blocks, sync fields, shapes, code lengths, symbol runs, dtypes,
 index_bits, codebook sizes, nnz, tensor signatures, the structure record,
-nesting depth, the section table, section lengths) and re-packed with valid
+nesting depth, the section table, section lengths, the live maps' records and bits) and re-packed with valid
 CRCs (`pack_container`). Every outcome must be a one-line `CompressedFileError`
 or an exact decode (the state dict equal to the original's, byte for byte).
 
@@ -46,16 +46,9 @@ from machop.datasets import DatasetInfo
 from machop.files import BadFileError
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
-from machop.passes.graph.transforms.huffman import (
-    CompressedFileError,
-    EncodedStream,
-    HuffmanArgs,
-    check_decode_args,
-    decode_model,
-    encode_model,
-    load_compressed,
-)
-from machop.passes.graph.transforms.huffman.format import (
+from machop.ir.mchz import CompressedFileError, EncodedStream, decode_model, encode_model, load_compressed
+from machop.passes.graph.transforms.huffman import HuffmanArgs, check_decode_args
+from machop.ir.mchz.format import (
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_HEADER_DEPTH,
@@ -67,7 +60,8 @@ from machop.passes.graph.transforms.huffman.format import (
     read_container_header,
     unpack_container,
 )
-from machop.passes.graph.transforms.huffman.model import file_header, read_file, read_header
+from machop.ir.mchz.model import file_header, map_bytes, read_file, read_header
+from machop.nn import get_mask
 from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.passes.graph.transforms.quantize import quantize_transform_pass
 
@@ -87,8 +81,13 @@ def make_file() -> bytes:
     torch.manual_seed(0)
     graph = MaseGraph(get_model("lenet5", INFO), context=PassContext(model_name="lenet5", dataset_info=INFO))
     graph, _ = prune_transform_pass(graph, {"weight": {"sparsity": 0.8}, "activation": {"sparsity": 0.3}})
+    with torch.no_grad():  # dead structure, so that the file holds live maps of both kinds
+        get_mask(graph.model.conv2, "weight").view(50 * 20, 25)[::3] = False  # conv2: dead kernels
+        get_mask(graph.model.fc1, "weight")[::3] = False  # fc1: dead rows
     graph, _ = quantize_transform_pass(graph, QUANTIZE)
-    return encode_model(graph)[0]
+    data = encode_model(graph)[0]
+    assert {layer.get("live", {}).get("map") for layer in file_header(data)["layers"]} >= {"channels", "kernels"}
+    return data
 
 
 def state_of(model: torch.nn.Module) -> dict[str, tuple[str, tuple, bytes]]:
@@ -155,6 +154,8 @@ INTERESTING = [
     "bfloat16", "float32", {"dtype": "bfloat16"}, {"bits": 3, "codebook": "bfloat16"}, [], {}, [N8], [N5],
     [-1], [0], [1 << 40, 1 << 40], [1 << 62, 1 << 62], [0, 1 << 62], [3, -2], [[0, 1]], [[0, 2]], [[(1 << 63) - 1, 2]],
     [[0, 10**6]], [[-5, 3]], [[0, 1]] * 3, [[0, "1"]], [[0]], {"x": 1}, _deep(MAX_HEADER_DEPTH + 8), [1] * 40,
+    "channels", "kernels", {"map": "channels", "rows": 1, "cols": 1}, {"map": "kernels", "kernels": 1 << 40},
+    {"map": "kernels", "kernels": 0}, {"map": "channels", "rows": N8, "cols": N8}, {"map": "rows"},
 ]
 # fields that no decoded tensor depends on: a new value of the same type must still decode exactly
 BENIGN_KEYS = {"node", "dense_params", "seed", "target", "method", "scope", "granularity"}
@@ -174,6 +175,7 @@ def is_content(path: tuple) -> bool:
 values = st.one_of(st.sampled_from(INTERESTING), st.integers(-(1 << 70), 1 << 70), st.integers(-3, 70),
                    st.text(alphabet="0123456789ABVWX-.", max_size=4))
 STREAM_FIELDS = ["count", "nbits", "block", "sync_base", "sync_width", "symbols", "lengths"]
+LIVE_FIELDS = ["map", "rows", "cols", "kernels", "extra"]
 EXTRA_KEYS = ["conv1.parametrizations.weight.1.extra", "fc1.parametrizations.weight.0.mask", "fc1.parametrizations.weight.7.x",
               "fc1.parametrizations.weight.original", "bogus", "conv1_act_prune.channel_mask", "conv1.bias", "fc2.weight"]
 SHAPES = [[N5], [N8], [1 << 40], [-1], [3, -2], [1 << 62, 1 << 62], [], [8], [500, 50], [20, 1, 5, 5], [0, 1 << 62],
@@ -186,7 +188,8 @@ def mutation(draw, orig: "Original") -> tuple:
     """One mutation, as plain data (hypothesis prints it on failure)."""
     paths = orig.paths
     kind = draw(st.sampled_from(["replace", "replace", "nudge", "delete", "add_key", "append", "extra_tensor",
-                                 "huge_layer", "stream", "stream", "table", "deep", "section_bytes", "benign"]))
+                                 "huge_layer", "stream", "stream", "table", "deep", "section_bytes", "benign",
+                                 "live", "live", "map_bit"]))
     if kind == "benign":
         return (kind, draw(st.sampled_from(orig.benign)))
     if kind in ("replace", "append"):
@@ -207,6 +210,10 @@ def mutation(draw, orig: "Original") -> tuple:
                 draw(st.sampled_from(STREAM_FIELDS)), draw(values))
     if kind == "table":
         return (kind, draw(st.integers(0, 4)), draw(st.sampled_from(["name", "length", "crc32", "extra"])), draw(values))
+    if kind == "live":  # a live record's field set (or the record added, removed) on any layer
+        return (kind, draw(st.integers(0, 3)), draw(st.sampled_from(LIVE_FIELDS + ["add", "remove"])), draw(values))
+    if kind == "map_bit":  # one bit of a layer's live maps flipped (its section's CRC recomputed)
+        return (kind, draw(st.integers(0, 3)), draw(st.integers(0, 1 << 12)))
     return (kind, draw(st.integers(0, 4)), draw(st.sampled_from(["cut", "grow", "empty"])))
 
 
@@ -217,7 +224,7 @@ def apply(header: dict, sections: list[tuple[str, bytes]], table_edits: list, m:
     """
     try:
         return _apply(header, sections, table_edits, m)
-    except (KeyError, IndexError, TypeError, AttributeError):
+    except (KeyError, IndexError, TypeError, AttributeError, ZeroDivisionError):
         return False
 
 
@@ -262,6 +269,7 @@ def _apply(header: dict, sections: list[tuple[str, bytes]], table_edits: list, m
         books = {name: codebook_of(data, layer) for name, data in sections}  # measured on the record before the change
         one = {"count": n, "nbits": 0, "block": 1024, "sync_base": 0, "sync_width": 0, "symbols": [[0, 1]], "lengths": "0"}
         layer.update(shape=[n], nnz=n, values=dict(one), gaps=dict(one))
+        layer.pop("live", None)
         prefix = f"{layer['name']}.parametrizations.weight."
         if with_tensors:
             for entry in header["tensors"]:
@@ -278,6 +286,25 @@ def _apply(header: dict, sections: list[tuple[str, bytes]], table_edits: list, m
     if kind == "table":
         table_edits.append(m[1:])
         return False
+    if kind == "live":
+        _, index, field, value = m
+        layer = header["layers"][index]
+        if field == "remove":
+            del layer["live"]
+        elif field == "add":
+            layer["live"] = copy.deepcopy(value)
+        else:
+            layer["live"][field] = copy.deepcopy(value)
+        return False
+    if kind == "map_bit":  # a flip changes a map's count of ones (or sets a padding bit): always refused
+        _, index, bit = m
+        layer = header["layers"][index]
+        n = map_bytes(layer["live"], layer["shape"])
+        at = [i for i, (name, _) in enumerate(sections) if name == f"layer:{layer['name']}"][0]
+        data = bytearray(sections[at][1])
+        data[(bit // 8) % n] ^= 1 << (bit % 8)
+        sections[at] = (sections[at][0], bytes(data))
+        return False
     _, index, how = m  # section_bytes: pack_container records the new length: the layer records then disagree
     name, data = sections[index]
     sections[index] = (name, data[:-1] if how == "cut" else data + b"\x00" if how == "grow" else b"")
@@ -288,7 +315,8 @@ def codebook_of(section: bytes, layer: dict) -> bytes:
     """The codebook bytes at the end of a layer's section (none for a fixed-point layer; 2 per entry in float16)."""
     try:
         streams = sum(EncodedStream.check_meta(layer[k])[-1] for k in ("values", "gaps"))
-    except CompressedFileError:  # an earlier mutation broke the record: leave the section as it is
+        streams += map_bytes(layer.get("live"), layer["shape"])
+    except (CompressedFileError, KeyError, TypeError):  # an earlier mutation broke the record: leave the section
         return section
     return section[streams:]
 
@@ -362,7 +390,7 @@ import json, resource, sys, time
 import torch
 from machop.datasets import DatasetInfo
 from machop.ir import PassContext
-from machop.passes.graph.transforms.huffman import CompressedFileError, load_compressed
+from machop.ir.mchz import CompressedFileError, load_compressed
 
 manifest = json.load(open(sys.argv[1]))
 info = DatasetInfo("tiny16", 10, 1, (16, 16))
@@ -574,7 +602,7 @@ def test_deep_nesting_and_bombs_are_one_line(original):
         decode_model(container(b"[" + b"0," * MAX_HEADER_BYTES + b"0]"), name=NAME)
     with pytest.raises(CompressedFileError, match=r"malformed header \(\d+ bytes, the limit is"):
         decode_model(container(bytes(MAX_HEADER_BYTES + 1), compress=False), name=NAME)
-    with pytest.raises(CompressedFileError, match="not UTF-8 JSON"):
+    with pytest.raises(CompressedFileError, match="refused: non-finite number NaN"):
         decode_model(container(b'{"a": NaN, "sections": []}'), name=NAME)
 
 
@@ -613,6 +641,20 @@ def test_report_cases_name_what_is_wrong(original):
         decode_model(cases["consistent-100GB-model"], name=NAME, context=PassContext(model_name="lenet5", dataset_info=INFO))
     with pytest.raises(CompressedFileError, match="file holds a lenet5, not the vgg7 asked for"):
         decode_model(original.data, name=NAME, context=PassContext(model_name="vgg7", dataset_info=INFO))
+
+
+def test_every_flipped_bit_of_a_live_map_is_refused(original):
+    """A flipped map bit changes a map's count of ones, or sets a padding bit: refused, naming the layer."""
+    rng = __import__("random").Random(0)
+    with_maps = [(i, layer) for i, layer in enumerate(original.header["layers"]) if "live" in layer]
+    assert len(with_maps) >= 2
+    for index, layer in with_maps:
+        n = map_bytes(layer["live"], layer["shape"])
+        for bit in [*rng.sample(range(8 * n), 12), 8 * n - 1]:
+            data, _ = mutate(original, [("map_bit", index, bit)])
+            with pytest.raises(CompressedFileError, match=rf"layer '{layer['name']}': \w+ map has") as err:
+                decode_model(data, name=NAME)
+            assert "\n" not in str(err.value)
 
 
 def test_read_header_and_check_decode_args(original, tmp_path):

@@ -13,10 +13,11 @@ from machop.config import TrainSettings
 from machop.datasets import MaseDataModule
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
-from machop.passes.graph.transforms.huffman import decode_model, encode_model, huffman_pass
-from machop.passes.graph.transforms.huffman.format import VERSION, version_of
-from machop.passes.graph.transforms.huffman.model import _encode_stream, file_header
-from machop.passes.graph.transforms.huffman import codec
+from machop.ir.mchz import decode_model, encode_model
+from machop.passes.graph.transforms.huffman import huffman_pass
+from machop.ir.mchz.format import VERSION, version_of
+from machop.ir.mchz.model import _encode_stream, file_header
+from machop.ir.mchz import codec
 from machop.passes.graph.transforms.prune import prune_transform_pass
 from machop.passes.graph.transforms.quantize import quantize_transform_pass
 
@@ -115,7 +116,7 @@ def test_huffman_pass_verifies_16_bit_side_data(fashion, pruned_state, tmp_path)
     assert info["verified"] and info["file_bytes"] == (tmp_path / "m.mchz").stat().st_size
     assert set(info["total"]["parts"]) == {"values", "positions", "codebooks", "raw", "header"}
     assert all("values_bytes" in row and "positions_bytes" in row and "codebook_bytes" in row for row in info["layers"])
-    assert version_of((tmp_path / "m.mchz").read_bytes()) == VERSION == 2
+    assert version_of((tmp_path / "m.mchz").read_bytes()) == VERSION == 3
 
 
 def test_main_job_like_header_is_small(fashion, pruned_state):
@@ -138,8 +139,8 @@ def test_a_version_1_file_still_decodes():
         y = graph.model.eval()(x)
     assert hashlib.sha256(y.numpy().tobytes()).hexdigest() == \
         "fb20599d5f869173a4f0477dfbc4961cf8ca7892ebd2a9b1e75e6df4a1ffcb35"
-    again, _ = encode_model(graph)  # re-written as version 2: smaller (no fixed-point grids, deflate dictionary)
-    assert version_of(again) == 2 and len(again) < len(data) - 300
+    again, _ = encode_model(graph)  # re-written as the current version: smaller (no fixed-point grids, dictionary)
+    assert version_of(again) == VERSION and len(again) < len(data) - 300
     with torch.no_grad():
         assert torch.equal(decode_model(again).model.eval()(x), y)
 

@@ -1,0 +1,160 @@
+"""Distillation and soft weight-sharing's prior: the loss terms against hand-written references, and in the passes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from machop.config import ConfigError, TrainSettings
+from machop.datasets import MaseDataModule
+from machop.ir import MaseGraph, PassContext
+from machop.models import get_model
+from machop.nn import MixturePrior, apply_mask, compressible_weights, get_mask, kmeans_1d
+from machop.passes.graph import PASSES
+from machop.passes.graph.analysis.sensitivity import measure_sensitivity
+from machop.passes.graph.transforms.train import parse_train_args
+from machop.training import DistillArgs, Objective, PriorArgs, build_objective
+
+
+def _linear(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_distillation_loss_is_hintons_mix_of_cross_entropy_and_softened_kl():
+    student, teacher = _linear(0), _linear(1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    args = DistillArgs(temperature=3.0, weight=0.25)
+    logits = student(x)
+    ce = F.cross_entropy(logits, y)
+    parts = Objective(teacher, args).loss(ce, logits, x)
+    p = torch.softmax(teacher(x) / 3.0, 1)
+    q = torch.softmax(logits / 3.0, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean() * 9.0  # written out: KL(teacher || student) * T^2
+    assert torch.allclose(parts["distill_loss"], kl, atol=1e-6)
+    assert torch.allclose(parts["loss"], 0.75 * ce + 0.25 * kl, atol=1e-6)
+    assert torch.equal(Objective(teacher, DistillArgs(weight=0.0)).loss(ce, logits, x)["loss"], ce)
+
+
+def test_prior_penalty_is_the_mixture_log_likelihood_of_the_kept_weights_only():
+    model = _linear()
+    weights = compressible_weights(model)
+    mask = torch.rand(model[0].weight.shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    apply_mask(weights[0], mask)
+    prior = MixturePrior(weights, components=5, zero_share=0.6)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([-0.3, -0.1, 0.2, 0.4]))
+        prior.log_var.copy_(torch.log(torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05])))
+        prior.share_logits.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    kept = torch.cat([model[0].weight[mask], model[2].weight.reshape(-1)])
+    shares = torch.cat([torch.tensor([0.6]), 0.4 * torch.softmax(torch.tensor([0.1, -0.2, 0.3, 0.0]), 0)])
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=shares),
+        torch.distributions.Normal(torch.tensor([0.0, -0.3, -0.1, 0.2, 0.4]),
+                                   torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05]).sqrt()))
+    assert torch.allclose(prior.penalty(), -reference.log_prob(kept.detach()).mean(), atol=1e-5)
+    prior.penalty().backward()  # gradients reach the kept weights and the mixture
+    original = model[0].parametrizations.weight.original
+    assert original.grad is not None and torch.count_nonzero(original.grad[~mask]) == 0
+    assert prior.means.grad is not None and prior.log_var.grad is not None
+
+
+def test_the_zero_component_claims_small_weights_and_finish_prunes_exactly_those():
+    model = _linear()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([0.5, -0.5, 1e-4, 0.3, -2e-4, 0.7]).repeat(5, 1))
+    weights = compressible_weights(model)
+    prior = MixturePrior(weights[:1], components=3, zero_share=0.5)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([-0.5, 0.5]))
+        prior.log_var.fill_(math.log(0.01))
+    objective = Objective(prior=prior, prior_args=PriorArgs())
+    expected = (model[0].weight.abs() > 0.01)
+    info = objective.finish()
+    assert torch.equal(get_mask(model[0]), expected)
+    assert info["prior"]["pruned"] == {weights[0].name: 10}
+    assert info["prior"]["means"][0] == 0.0 and len(info["prior"]["shares"]) == 3
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"distill": {"temperature": 0}}, "passes.train.distill.temperature"),
+    ({"distill": {"weight": 1.5}}, "passes.train.distill.weight"),
+    ({"distill": {"teacher": ""}}, "passes.train.distill.teacher"),
+    ({"prior": {"components": 1}}, "passes.train.prior.components"),
+    ({"prior": {"zero_share": 1.0}}, "passes.train.prior.zero_share"),
+    ({"prior": {"learning_rate": 0}}, "passes.train.prior.learning_rate"),
+    ({"prior": {"colour": 1}}, "passes.train.prior.colour"),
+    ({"baseline": True, "prior": {}}, "passes.train.prior"),
+])
+def test_bad_distill_and_prior_tables_name_their_key(table, key):
+    with pytest.raises(ConfigError) as e:
+        parse_train_args(table)
+    assert e.value.key == key
+
+
+@pytest.fixture(scope="module")
+def data():
+    dm = MaseDataModule("fashion_mnist", batch_size=64, train_limit=2000, test_limit=500)
+    dm.setup()
+    return dm
+
+
+def _graph(data, name="lenet300"):
+    torch.manual_seed(0)
+    ctx = PassContext(data_module=data, model_name=name, dataset_info=data.info, progress_bar=False,
+                      training=TrainSettings(accelerator="cpu"))
+    return MaseGraph(get_model(name, data.info), context=ctx)
+
+
+def test_distilling_from_the_baseline_needs_a_baseline_step(data):
+    graph = _graph(data)
+    with pytest.raises(ConfigError, match="baseline = true") as e:
+        PASSES["train"](graph, {"distill": {}})
+    assert e.value.key == "passes.train.distill.teacher"
+
+
+def _distortion(graph) -> float:
+    """Mean squared distance of the kept weights to their nearest of 8 k-means centroids, over their variance."""
+    kept = torch.cat([w.value()[get_mask(w.module)] for w in graph.weights()])
+    result = kmeans_1d(kept, 8, "linear", 300, 1e-4)
+    return float(((kept - result.centroids[result.labels].to(kept.dtype)) ** 2).mean() / kept.var())
+
+
+def test_a_run_distills_and_trains_under_the_prior_keeping_masks(data):
+    graph = _graph(data)
+    graph, base = PASSES["train"](graph, {"baseline": True, "training": {"max_epochs": 1}})
+    teacher = graph.context.teacher
+    assert teacher is not None and not any(p.requires_grad for p in teacher.parameters())
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.8}})
+    masks = {w.name: get_mask(w.module).clone() for w in graph.weights()}
+    before = {w.name: w.value().clone() for w in graph.weights()}
+    start = _distortion(graph)
+    graph, info = PASSES["train"](graph, {"training": {"max_epochs": 2, "learning_rate": 1e-3},
+                                          "distill": {"weight": 0.5}, "prior": {"weight": 1.0, "components": 8}})
+    for w in graph.weights():
+        now = get_mask(w.module)
+        assert torch.equal(now & ~masks[w.name], torch.zeros_like(now))  # masks only shrink
+        assert torch.count_nonzero(w.value()[~now]) == 0
+        assert not torch.equal(w.value(), before[w.name])
+    assert sum(info["prior"]["pruned"].values()) > 0  # the zero component claimed some kept weights
+    assert info["test_acc"] > 0.6
+    assert _distortion(graph) < 0.7 * start, (start, _distortion(graph))  # the kept weights are more clustered
+    for k, v in teacher.state_dict().items():  # the teacher did not train
+        assert torch.equal(v, graph.context.teacher.state_dict()[k])
+
+
+def test_retrained_sensitivity_recovers_accuracy_and_leaves_the_model_as_it_was(data):
+    graph = _graph(data)
+    graph, _ = PASSES["train"](graph, {"training": {"max_epochs": 1}})
+    state = {k: v.clone() for k, v in graph.model.state_dict().items()}
+    fc1 = [w for w in graph.weights() if w.name == "fc1"]
+    kwargs = dict(sparsities=[0.98], samples=500, split="val")
+    one_shot = measure_sensitivity(graph, fc1, **kwargs).layers[0].sparsity[0][1]
+    recovered = measure_sensitivity(graph, fc1, retrain_steps=15, **kwargs).layers[0].sparsity[0][1]
+    assert recovered > one_shot + 0.02, (one_shot, recovered)
+    for k, v in graph.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
