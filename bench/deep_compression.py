@@ -1,24 +1,37 @@
-"""Reproduce Deep Compression's table on Fashion-MNIST: LeNet-300-100 and LeNet-5.
+"""Past Deep Compression on Fashion-MNIST: LeNet-300-100 and LeNet-5, measured end to end.
 
-Runs ``./ch transform`` on the shipped configs, then writes per stage (dense,
-pruned, quantized, Huffman) test_acc, non-zero weights, bits per weight, size
-and compression ratio to ``docs/RESULTS.md`` and ``docs/RESULTS.json``.
-Sizes are the storage estimate before Huffman coding and the real file on
-disk after it; ratios are against the dense fp32 parameters.
+Runs ``./ch transform`` on the shipped configs and writes, per model, the
+stages (dense, pruned, quantized, Huffman: test_acc, non-zero weights, bits
+per weight, size, ratio against dense fp32 of every parameter), where the
+file's bytes are, and per layer the position bits per kept weight beside the
+i.i.d. bound ``H(d)/d``, to ``docs/RESULTS.md`` and ``docs/RESULTS.json``.
 
-    python bench/deep_compression.py [--models lenet300 lenet5] [--out docs]
+    python bench/deep_compression.py [--models lenet300 lenet5] [--seeds 0 1]
+    python bench/deep_compression.py --ablation     # LeNet-5: what each part adds, alone and together
+    python bench/deep_compression.py --sweep        # LeNet-5: accuracy against file size, AGP and the new pipeline
+
+``--ablation`` and ``--sweep`` start every variant from the dense baseline
+the main LeNet-5 run trained (``--load`` its best checkpoint, so every row
+shares one baseline) and write ``docs/ABLATION.md`` / ``docs/SWEEP.md`` and
+``imgs/lenet5_accuracy_vs_size.png``. Each part of the pipeline is one switch
+(`VARIANT_SWITCHES`); "agp" is the pipeline before them: gradual magnitude
+pruning with one-shot sensitivity curves, k-means, fine-tune, Huffman coding.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
+
+import tomli_w
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -29,10 +42,15 @@ CONFIGS = {
     "lenet300": "configs/examples/lenet300_fashion_mnist_deep_compression.toml",
     "lenet5": "configs/examples/lenet5_fashion_mnist_deep_compression.toml",
 }
-PAPER = {"lenet300": "40x (MNIST, 1.6% error)", "lenet5": "39x (MNIST, 0.74% error)"}
-TARGET_RATIO, MAX_DROP = 60.0, 0.005  # at least 60x at accuracy parity (at most half a point below dense)
-DENSE_FLOOR = {"lenet300": 0.8918, "lenet5": 0.9154}  # the dense baselines of the hand-tuned configs
+PEERS = {"lenet300": "Deep Compression 40x; soft weight-sharing 64x (MNIST)",
+         "lenet5": "Deep Compression 39x; soft weight-sharing 162x; Bayesian Compression 361-419x (MNIST)"}
+TARGET_RATIO, MAX_DROP = 100.0, 0.005  # at least 100x at accuracy parity (at most half a point below dense)
+DENSE_FLOOR = {"lenet300": 0.8918, "lenet5": 0.9146}  # the dense baselines of earlier runs
 PARTS = ("values", "positions", "codebooks", "raw", "header")
+SWEEP_RATIOS = (40, 60, 80, 100, 130)  # ``auto.ratio`` targets of the --sweep runs
+
+
+# --------------------------------------------------------------------------- reading a run
 
 
 def stages(report: dict) -> list[dict]:
@@ -54,16 +72,30 @@ def stages(report: dict) -> list[dict]:
     return out
 
 
-def run(model: str, project_dir: Path) -> dict:
+def layers(huffman: dict) -> list[dict]:
+    """Per coded layer: density, kept weights, position bits per kept weight and the i.i.d. bound H(d)/d."""
+    return [{"layer": l["layer"], "shape_numel": l["numel"], "kept": l["nnz"], "density": l["density"],
+             "position_bits": l.get("position_bits_per_weight", l.get("bits_per_index")),
+             "iid_bound": l.get("iid_bound_bits_per_weight"), "position_map": l.get("position_map"),
+             "value_bits": l["bits_per_weight"], "bytes": l["bytes"]} for l in huffman["layers"]]
+
+
+def run(config: Path, project_dir: Path, *extra: str) -> dict:
+    """``./ch transform`` on ``config``; the figures of its report."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "ch"), "transform", "--config", str(ROOT / CONFIGS[model]),
-                    "--project-dir", str(project_dir), "--no-progress"], check=True)
+    subprocess.run([sys.executable, str(ROOT / "ch"), "transform", "--config", str(config),
+                    "--project-dir", str(project_dir), "--no-progress", *extra], check=True)
     seconds = time.perf_counter() - start
     report_path = max(project_dir.rglob("report.json"), key=os.path.getmtime)
     report = json.loads(report_path.read_text())
-    huffman = next(s for s in report["steps"] if s["pass"] == "huffman")["info"]["total"]
-    return {"config": CONFIGS[model], "seconds": round(seconds), "run_dir": str(report_path.parent),
-            "stages": stages(report), "parts": huffman["parts"]}
+    steps = {s["pass"]: s["info"] for s in report["steps"]}
+    huffman = steps["huffman"]
+    test = [s["info"] for s in report["steps"] if s["pass"] == "test"]
+    return {"config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else config.name,
+            "seconds": round(seconds), "run_dir": str(report_path.parent), "stages": stages(report),
+            "parts": huffman["total"]["parts"], "layers": layers(huffman), "file": huffman["path"],
+            "decoded_test_acc": test[-1]["test_acc"] if test else None,
+            "baseline_checkpoint": str(report_path.parent / "checkpoints" / "baseline" / "best.ckpt")}
 
 
 def verdict(model: str, res: dict) -> str:
@@ -76,48 +108,203 @@ def verdict(model: str, res: dict) -> str:
     return "; ".join(("ok: " if ok else "MISSED: ") + text for ok, text in checks)
 
 
+# --------------------------------------------------------------------------- variants of a config
+
+VARIANT_SWITCHES = ("structure", "prior", "distill", "retrain")
+PRIOR_STEP = {"pass": "train", "training": {"max_epochs": 3, "learning_rate": 5e-4}, "prior": {"weight": 0.3}}
+
+
+def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrain: bool,
+            ratio: float | None = None) -> dict:
+    """The shipped pipeline with each part on or off: ``structure`` (neurons and filters removed before the
+    gradual step, and keep-bitmaps in the file), ``prior`` (a soft weight-sharing step before quantize,
+    `PRIOR_STEP`, added if the config has none), ``distill`` (every ``distill`` table), ``retrain``
+    (retraining-aware sensitivity curves); ``ratio`` replaces the target."""
+    c = copy.deepcopy(config)
+    if prior and not any("prior" in t for t in c["passes"].values()):
+        step = copy.deepcopy(PRIOR_STEP) | ({"distill": {"teacher": "baseline"}} if distill else {})
+        c["passes"] = {k2: v2 for k, v in c["passes"].items()
+                       for k2, v2 in ((("cluster", step), (k, v)) if k == "quantize" else ((k, v),))}
+    passes = c["passes"]
+    for label in list(passes):
+        table = passes[label]
+        kind = table.get("pass", label)
+        if not structure and (kind == "shrink" or label == "structure"):
+            del passes[label]
+            continue
+        if not prior and "prior" in table:
+            del passes[label]
+            continue
+        if not distill:
+            table.pop("distill", None)
+            table.get("gradual", {}).pop("distill", None)
+        auto = table.get("weight", {}).get("auto")
+        if auto is not None:
+            if not retrain:
+                auto["retrain_steps"] = 0
+            if ratio is not None:
+                auto["ratio"] = ratio
+        if kind == "huffman" and not structure:
+            table["structure"] = False
+    return c
+
+
+def run_variant(config: dict, name: str, project_dir: Path, baseline: str) -> dict:
+    path = project_dir / f"{name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(config))
+    return run(path, project_dir / name, "--load", baseline, "--load-type", "pl")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def part_row(parts: dict) -> str:
+    return "| " + " | ".join(f"{parts[p]:,}" for p in PARTS) + f" | {sum(parts[p] for p in PARTS):,} |"
+
+
+def model_markdown(title: str, model: str, res: dict) -> list[str]:
+    dense, final = res["stages"][0], res["stages"][-1]
+    lines = [f"## {title} ({res['config']}, {res['seconds']} s)", "",
+             "| stage | test_acc | non-zero weights | bits/weight | size | ratio |", "|---|---|---|---|---|---|"]
+    for s in res["stages"]:
+        size = fmt_bytes(s["size_bytes"]) + ("" if s["size_is_file"] or s["stage"] == "dense" else " (est.)")
+        lines.append(f"| {s['stage']} | {s['test_acc']:.4f} | {s['nonzero_weights']:,} "
+                     f"({s['nonzero_weights'] / s['weights']:.2%}) | {s['bits_per_weight']:.2f} | {size} | "
+                     f"{s['ratio']:.1f}x |")
+    lines += ["", f"Compressed {final['ratio']:.1f}x (file on disk vs dense fp32), test_acc "
+              f"{final['test_acc']:.4f} vs dense {dense['test_acc']:.4f} "
+              f"({100 * (final['test_acc'] - dense['test_acc']):+.2f} points); the decoded file tests at "
+              f"{res['decoded_test_acc']:.4f}. Peers on MNIST: {PEERS[model]}.", "",
+              f"Check: {verdict(model, res)}.", "", "Where the bytes of the file are:", "",
+              "| " + " | ".join(PARTS) + " | file |", "|" + "---|" * (len(PARTS) + 1), part_row(res["parts"]), "",
+              "Positions per layer, bits per kept weight, beside the i.i.d. bound H(d)/d of the layer's density "
+              "(below the bound: the mask's structure is paid for once, in keep-bitmaps):", "",
+              "| layer | weights | kept | density | position bits | H(d)/d | map | value bits | bytes |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for l in res["layers"]:
+        bound = "-" if l["iid_bound"] is None else f"{l['iid_bound']:.2f}"
+        lines.append(f"| {l['layer']} | {l['shape_numel']:,} | {l['kept']:,} | {l['density']:.2%} | "
+                     f"{l['position_bits']:.2f} | {bound} | {l['position_map'] or '-'} | {l['value_bits']:.2f} | "
+                     f"{l['bytes']:,} |")
+    if res.get("nncodec") is not None:
+        n = res["nncodec"]
+        lines += ["", f"NNCodec (MPEG NNC reference coder, same quantized weights): {n['bytes']:,} bytes for the "
+                      f"weights it codes, machop {n['machop_bytes']:,} bytes for the same ({n['note']})."]
+    return lines + [""]
+
+
+def header(results: dict, title: str) -> list[str]:
+    return [f"# {title}", "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
+            f"Date: {results['date']}", ""]
+
+
 def markdown(results: dict) -> str:
-    lines = ["# Deep Compression on Fashion-MNIST", "",
-             f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ", f"Date: {results['date']}", ""]
-    for model, res in results["models"].items():
-        dense = res["stages"][0]
-        final = res["stages"][-1]
-        lines += [f"## {model} ({res['config']}, {res['seconds']} s)", "",
-                  "| stage | test_acc | non-zero weights | bits/weight | size | ratio |", "|---|---|---|---|---|---|"]
-        for s in res["stages"]:
-            size = fmt_bytes(s["size_bytes"]) + ("" if s["size_is_file"] or s["stage"] == "dense" else " (est.)")
-            lines.append(f"| {s['stage']} | {s['test_acc']:.4f} | {s['nonzero_weights']:,} "
-                         f"({s['nonzero_weights'] / s['weights']:.1%}) | {s['bits_per_weight']:.2f} | {size} | "
-                         f"{s['ratio']:.1f}x |")
-        lines += ["", f"Compressed {final['ratio']:.1f}x (file on disk vs dense fp32), test_acc "
-                  f"{final['test_acc']:.4f} vs dense {dense['test_acc']:.4f} "
-                  f"({100 * (final['test_acc'] - dense['test_acc']):+.2f} points). Deep Compression on MNIST: "
-                  f"{PAPER[model]}.", "", f"Check: {verdict(model, res)}.", "",
-                  "Where the bytes of the file are:", "", "| " + " | ".join(PARTS) + " | file |",
-                  "|" + "---|" * (len(PARTS) + 1),
-                  "| " + " | ".join(f"{res['parts'][p]:,}" for p in PARTS) + f" | {sum(res['parts'][p] for p in PARTS):,} |",
-                  ""]
+    lines = header(results, "Past Deep Compression on Fashion-MNIST")
+    for key, res in results["models"].items():
+        model = key.split(" ")[0]
+        lines += model_markdown(key, model, res)
     return "\n".join(lines)
+
+
+def table_rows(rows: dict, dense_acc: float) -> list[str]:
+    lines = ["| run | test_acc | Δ points | file | ratio |", "|---|---|---|---|---|"]
+    for name, res in rows.items():
+        final = res["stages"][-1]
+        lines.append(f"| {name} | {final['test_acc']:.4f} | {100 * (final['test_acc'] - dense_acc):+.2f} | "
+                     f"{final['size_bytes']:,} B | {final['ratio']:.1f}x |")
+    return lines
+
+
+def plot_sweep(sweep: dict, dense_acc: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for pipeline, runs in sweep.items():
+        pts = sorted((r["stages"][-1]["size_bytes"] / 1000, r["stages"][-1]["test_acc"]) for r in runs.values())
+        ax.plot(*zip(*pts), marker="o", label=pipeline)
+    ax.axhline(dense_acc, color="gray", ls="--", lw=1, label=f"dense fp32 ({dense_acc:.4f})")
+    ax.axhline(dense_acc - MAX_DROP, color="gray", ls=":", lw=1, label="parity (-0.5 points)")
+    ax.axvline(1_722_000 / 1000 / TARGET_RATIO, color="tab:red", ls=":", lw=1, label=f"{TARGET_RATIO:g}x")
+    ax.set_xlabel("file size (kB, .mchz on disk)")
+    ax.set_ylabel("test_acc")
+    ax.set_title("LeNet-5 on Fashion-MNIST: accuracy against file size")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="LeNet-5 runs again at each further seed")
+    parser.add_argument("--ablation", action="store_true", help="LeNet-5: each part alone and together")
+    parser.add_argument("--sweep", action="store_true", help="LeNet-5: accuracy against size, AGP and new pipeline")
+    parser.add_argument("--baseline", help="dense LeNet-5 checkpoint for --ablation/--sweep (default: the one "
+                                           "docs/RESULTS.json's LeNet-5 run trained)")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--project-dir", default=str(ROOT / "mase_output" / "bench"))
     args = parser.parse_args()
+    out, project = Path(args.out), Path(args.project_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = {
         "command": "python bench/deep_compression.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
                    f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
-        "models": {m: run(m, Path(args.project_dir)) for m in args.models},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "RESULTS.md").write_text(markdown(results))
-    print(markdown(results))
+    if not (args.ablation or args.sweep):
+        runs = {}
+        for model in args.models:
+            runs[model] = run(ROOT / CONFIGS[model], project / model)
+            if model == "lenet5":
+                for seed in args.seeds:
+                    if seed != 0:
+                        runs[f"lenet5 seed {seed}"] = run(ROOT / CONFIGS[model], project / f"lenet5_seed{seed}",
+                                                          "--seed", str(seed))
+        results["models"] = runs
+        (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "RESULTS.md").write_text(markdown(results))
+        print(markdown(results))
+        return 0
+    baseline = args.baseline or json.loads((out / "RESULTS.json").read_text())["models"]["lenet5"]["baseline_checkpoint"]
+    config = tomllib.loads((ROOT / CONFIGS["lenet5"]).read_text())
+    rows: dict[str, dict] = {}
+    if args.ablation:
+        off = dict.fromkeys(VARIANT_SWITCHES, False)
+        plan = {"agp (none of the four)": off, **{f"+ {k} alone": {**off, k: True} for k in VARIANT_SWITCHES},
+                "all four": dict.fromkeys(VARIANT_SWITCHES, True)}
+        rows = {name: run_variant(variant(config, **switches), name.replace(" ", "_").replace("(", "").replace(")", ""),
+                                  project / "ablation", baseline) for name, switches in plan.items()}
+        results["ablation"] = rows
+    sweep = {}
+    if args.sweep:
+        shipped = {k: k != "prior" or any("prior" in t for t in config["passes"].values()) for k in VARIANT_SWITCHES}
+        for pipeline, switches in (("agp", dict.fromkeys(VARIANT_SWITCHES, False)), ("new", shipped)):
+            sweep[pipeline] = {f"{pipeline} ratio {r}": run_variant(variant(config, ratio=r, **switches),
+                                                                    f"{pipeline}_{r}", project / "sweep", baseline)
+                               for r in SWEEP_RATIOS}
+        results["sweep"] = sweep
+    dense_acc = next(iter((rows or next(iter(sweep.values()))).values()))["stages"][0]["test_acc"]
+    name = "ABLATION" if args.ablation and not args.sweep else "SWEEP" if args.sweep and not args.ablation else "VARIANTS"
+    lines = header(results, "LeNet-5 on Fashion-MNIST: " + ("ablation" if args.ablation else "accuracy against size"))
+    lines += [f"Every run starts from the same dense baseline ({baseline}, test_acc {dense_acc:.4f}).", ""]
+    if rows:
+        lines += table_rows(rows, dense_acc) + [""]
+    for pipeline, runs in sweep.items():
+        lines += [f"### {pipeline}", ""] + table_rows(runs, dense_acc) + [""]
+    if sweep:
+        plot_sweep(sweep, dense_acc, ROOT / "imgs" / "lenet5_accuracy_vs_size.png")
+        lines += ["![accuracy against size](../imgs/lenet5_accuracy_vs_size.png)", ""]
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
     return 0
 
 

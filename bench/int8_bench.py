@@ -62,6 +62,8 @@ from machop.models import get_model  # noqa: E402
 from machop.passes.graph import PASSES  # noqa: E402
 
 FILES = ("fp32", "machop_int8", "ort_static")
+GROUP3 = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4, "weight_width": 8, "weight_frac_width": 4,
+          "bias_width": 8, "bias_frac_width": 4}  # ADLS group 3's fixed widths (configs/examples/group3.toml)
 INTEGER = {"name": "integer", "data_in_width": 8, "data_in_frac_width": "auto", "weight_width": 8,
            "weight_frac_width": "auto", "bias_width": "NA", "bias_frac_width": "NA"}
 
@@ -88,6 +90,14 @@ def machop_int8(model: torch.nn.Module, calib: torch.Tensor, x: torch.Tensor, pa
     return {"graph": graph, "quantize": qinfo, "export": einfo}
 
 
+def fixed_8_4_accuracy(model: torch.nn.Module, x: torch.Tensor, test) -> dict:
+    """The group's hand-picked 8.4 fixed point on the same model (no fine-tune): accuracy and how many warnings."""
+    graph = MaseGraph(copy.deepcopy(model).eval(), dummy_input=x[:2])
+    graph, qinfo = PASSES["quantize"](graph, {"by": "type", "conv2d": {"config": dict(GROUP3)},
+                                              "linear": {"config": dict(GROUP3)}})
+    return {"test_acc": sb.accuracy(graph.model.eval(), test), "zeroed_layers": len(qinfo["warnings"])}
+
+
 def ort_static(fp32: Path, calib: torch.Tensor, path: Path) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -111,13 +121,14 @@ def ort_accuracy(session, batches) -> float:
     return correct / total
 
 
-def latency(sessions: dict, batches: list[int], rounds: int, warmup: int, call_seconds: float) -> dict:
-    """{batch: {file: [seconds per forward, per round]}} over interleaved rounds."""
+def latency(sessions: dict, batches: list[int], rounds: int, warmup: int, call_seconds: float,
+            shape: tuple[int, ...] = (3, *sb.IMAGE)) -> dict:
+    """{batch: {file: [seconds per forward, per round]}} over interleaved rounds, on random inputs of ``shape``."""
     out = {}
     for b in batches:
-        feed = torch.randn(b, 3, *sb.IMAGE, generator=torch.Generator().manual_seed(b)).numpy()
+        feed = torch.randn(b, *shape, generator=torch.Generator().manual_seed(b)).numpy()
 
-        def run(s):
+        def run(s, feed=feed):
             name = s.get_inputs()[0].name
             return lambda: s.run(None, {name: feed})
 
@@ -137,7 +148,7 @@ def variant(name: str, label: str, model: torch.nn.Module, calib, test, x, args,
     entry = {"params": sb.n_params(model), "torch_fp32_acc": sb.accuracy(model, test),
              "machop_fake_quant_acc": sb.accuracy(m["graph"].model, test), "quantize_export_seconds": seconds,
              "frac_widths": {r["name"]: r["frac_widths"] for r in m["quantize"]["layers"]},
-             "zeroed_warnings": m["quantize"]["warnings"],
+             "zeroed_warnings": m["quantize"]["warnings"], "fixed_8_4": fixed_8_4_accuracy(model, x, test),
              "int8_layers": m["export"]["int8"]["layers"], "float_layers": m["export"]["int8"]["float_layers"],
              "int8_ops": m["export"]["int8"]["ops"], "export_check_max_abs_diff": m["export"]["max_abs_diff"],
              "files": {}}
@@ -224,8 +235,10 @@ def tables(results: dict) -> str:
             e = r[v]
             floats = [f["name"] for f in e["float_layers"]] + [x["name"] for x in e["int8_layers"]
                                                                if x["arithmetic"] != "int8"]
-            notes.append(f"- {r['model']} {v}: machop fake-quant acc {e['machop_fake_quant_acc']:.4f}, torch fp32 "
-                         f"{e['torch_fp32_acc']:.4f}; int8 layers {len(e['int8_layers'])}, float "
+            notes.append(f"- {r['model']} {v}: machop fake-quant acc (auto frac widths, no fine-tune) "
+                         f"{e['machop_fake_quant_acc']:.4f}, torch fp32 {e['torch_fp32_acc']:.4f}, the group's fixed "
+                         f"8.4 {e['fixed_8_4']['test_acc']:.4f} ({e['fixed_8_4']['zeroed_layers']} layer(s) zeroed); "
+                         f"int8 layers {len(e['int8_layers'])}, float "
                          f"{', '.join(floats) or 'none'}; ops {e['int8_ops']}")
     return "\n".join(out + ["", "## Details", "", *notes])
 

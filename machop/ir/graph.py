@@ -34,6 +34,7 @@ class PassContext:
     model_name: str | None = None  # registry name (None for your own model: pass it when loading a file)
     dataset_info: Any = None  # machop.datasets.DatasetInfo of a registry dataset, if any
     shrunk: bool = False  # the registry model with channels removed (the shrink pass): files record it, load by name
+    original_params: int | None = None  # parameters before the first shrink: every ratio is against them
     training: TrainSettings = field(default_factory=TrainSettings)  # train steps override it per step
     progress_bar: bool = True
     step: str | None = None  # label of the pass being run (names its checkpoint folder and its errors)

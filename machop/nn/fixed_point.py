@@ -29,8 +29,11 @@ float32 and the grid (the codebook `weight_codes` hands to the Huffman coder)
 has at most 65536 entries.
 
 `auto_frac_width` picks the largest ``frac_width`` whose range holds a
-tensor's largest magnitude (``"auto"`` in a config), so a layer keeps its
-weights instead of rounding them all to zero. `ChannelFixedPoint` is fixed
+tensor's largest magnitude; ``"auto"`` in a config (`best_frac_width`)
+takes, among that one and the next `AUTO_FINER` finer ones, the one with
+the least squared error on the tensor (or calibration data), so a layer
+keeps its weights instead of rounding them all to zero, and a long tail of
+rare large values does not cost every other value its precision. `ChannelFixedPoint` is fixed
 point with one ``frac_width`` per output channel (per-channel scales
 ``2**-frac_width[c]``).
 """
@@ -129,6 +132,34 @@ def auto_frac_width(max_abs: float, width: int) -> int:
     while f > 0 and max_abs * 2.0**f >= qmax + 0.5:  # log2's rounding at an exact power of two
         f -= 1
     return max(0, min(f, MAX_FRAC_WIDTH))
+
+
+AUTO_FINER = 3  # "auto" also tries this many finer widths than the one that holds the range (clipping the top)
+
+
+def auto_candidates(max_abs: float, width: int) -> list[int]:
+    """The frac widths ``"auto"`` chooses among: the one that holds ``max_abs`` and up to `AUTO_FINER` finer ones."""
+    f0 = auto_frac_width(max_abs, width)
+    return list(range(f0, min(f0 + AUTO_FINER, MAX_FRAC_WIDTH) + 1))
+
+
+def squared_errors(x: torch.Tensor, width: int, fracs: list[int]) -> list[float]:
+    """The summed squared error of ``x`` in ``width``-bit fixed point at each of ``fracs`` (rounding and saturation)."""
+    v = working(x.detach())
+    out = []
+    for f in fracs:
+        q = fixed_point_codes(v, width, f) * 2.0**-f  # exact: a grid value, in v's dtype
+        out.append(float(((q - v) ** 2).sum(dtype=torch.float64)))
+    return out
+
+
+def best_frac_width(x: torch.Tensor, width: int) -> int:
+    """``"auto"`` for a tensor at hand: among `auto_candidates` of its largest magnitude, the frac width with the
+    least squared error (a finer step may pay for clipping a few large values); ties go to the coarser."""
+    max_abs = float(x.detach().abs().max()) if x.numel() else 0.0
+    fracs = auto_candidates(max_abs, width)
+    errors = squared_errors(x, width, fracs)
+    return fracs[min(range(len(fracs)), key=lambda i: (errors[i], i))]
 
 
 def channel_max_abs(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -44,7 +44,8 @@ def weight_stats(graph: MaseGraph) -> dict:
     batch norm; a tied tensor once; parametrized tensors at their original
     shape) and ``nonzero_params`` its non-zero effective values;
     ``dense_bytes`` is ``params`` at fp32, the baseline of every compression
-    ratio. ``weights``/``sparsity`` are over the compressible weights.
+    ratio; after a shrink, those of the model before it
+    (``graph.context.original_params``), so a ratio means one thing all along. ``weights``/``sparsity`` are over the compressible weights.
     ``estimated_bytes`` is the storage before entropy coding: each
     compressible weight as its non-zero values (32 bits, or the quantizer's
     bits plus its fp32 codebook) plus a 5-bit relative index per value when
@@ -61,7 +62,7 @@ def weight_stats(graph: MaseGraph) -> dict:
         "weights": weights,
         "nonzero_weights": nonzero,
         "sparsity": 1 - nonzero / weights if weights else 0.0,
-        "dense_bytes": 4 * params,
+        "dense_bytes": 4 * (graph.context.original_params or params),
         # every parameter but the compressible weights stays fp32
         "estimated_bytes": (sum(r["estimated_bits"] for r in layers) + 32 * (params - weights)) / 8,
         "layers": layers,

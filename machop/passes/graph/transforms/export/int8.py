@@ -298,15 +298,25 @@ class _Graph:
         self.g.initializer.extend(kept)
         self.inits = {t.name: t for t in kept}
         known = {i.name for i in self.g.input} | set(self.inits) | {""}
-        ordered, pending = [], list(self.g.node)
-        while pending:
-            ready = [n for n in pending if all(i in known for i in n.input)]
-            if not ready:
-                raise RuntimeError("export: the int8 rewrite left a cycle in the ONNX graph")
-            for n in ready:
-                ordered.append(n)
-                known.update(n.output)
-            pending = [n for n in pending if n not in ready]
+        nodes = list(self.g.node)
+        waiting = [sum(1 for i in set(n.input) if i not in known) for n in nodes]
+        readers: dict[str, list[int]] = {}
+        for k, n in enumerate(nodes):
+            for i in set(n.input):
+                if i not in known:
+                    readers.setdefault(i, []).append(k)
+        ready = [k for k, w in enumerate(waiting) if w == 0]
+        ordered = []
+        while ready:
+            k = ready.pop(0)
+            ordered.append(nodes[k])
+            for o in nodes[k].output:
+                for r in readers.pop(o, []):
+                    waiting[r] -= 1
+                    if waiting[r] == 0:
+                        ready.append(r)
+        if len(ordered) != len(nodes):
+            raise RuntimeError("export: the int8 rewrite left a cycle in the ONNX graph")
         del self.g.node[:]
         self.g.node.extend(ordered)
         self.refresh()
@@ -403,7 +413,7 @@ def _absorb_one_relu(G: _Graph) -> bool:
         dqs = G.consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
             continue
-        qmax, clip = 127, None
+        qmax = 127
         cur = G.producer.get(q.input[0])
         if cur is not None and cur.op_type == "Clip" and G.single_consumer(cur.output[0]):
             hi = G.const(cur.input[2]) if len(cur.input) > 2 and cur.input[2] else None
@@ -411,7 +421,7 @@ def _absorb_one_relu(G: _Graph) -> bool:
             if hi is None or lo is None:
                 continue
             s = float(scale.reshape(()))
-            qmax, clip = int(round(float(hi.reshape(())) / s)), cur
+            qmax = round(float(hi.reshape(())) / s)
             if float(lo.reshape(())) > 0 or qmax > 127 or qmax < 0:
                 continue
             cur = G.producer.get(cur.input[0])

@@ -76,9 +76,11 @@ codebook never goes to a 325-weight layer). The pass's info holds the
 curves and the choice, and the run's ``config.toml`` gets the table
 written out per layer (``by = "name"``), so the run repeats exactly.
 
-``"auto"`` frac widths are chosen per layer so that the tensor's largest
-magnitude fits (`machop.nn.fixed_point.auto_frac_width`): weights and
-biases from their own values (per output channel with ``weight_granularity
+``"auto"`` frac widths are chosen per layer: among the width whose range
+holds the tensor's largest magnitude and the next three finer ones, the one
+with the least squared error (rounding and saturation) on the tensor
+(`machop.nn.fixed_point.best_frac_width`): weights and biases from their own
+values (per output channel with ``weight_granularity
 = "channel"``), a layer's input from the largest magnitude it sees on
 ``calibration_samples`` training inputs of the run's data (one forward pass
 of the model as it is before this step). The chosen widths are in the
@@ -127,7 +129,7 @@ class IntegerConfig:
 
     A frac width may be ``"auto"``: chosen per layer from the range (weights,
     biases) or from a calibration batch of the run's data (``data_in``), see
-    `machop.nn.fixed_point.auto_frac_width`. ``weight_granularity =
+    `machop.nn.fixed_point.best_frac_width`. ``weight_granularity =
     "channel"`` gives every output channel its own weight frac width (with
     ``weight_frac_width = "auto"``, or a list of one width per channel as the
     run's ``config.toml`` writes it out).

@@ -45,7 +45,7 @@ from machop.nn import (
     require_finite,
     tensor_sites,
 )
-from machop.nn.fixed_point import ChannelFixedPoint, auto_frac_width, channel_max_abs
+from machop.nn.fixed_point import ChannelFixedPoint, auto_candidates, best_frac_width, squared_errors
 from machop.passes.graph.analysis.allocation import InfeasibleBudget, choose_bits
 from machop.passes.graph.analysis.quantization import input_quantizer, quantization_row, totals
 from machop.passes.graph.analysis.sensitivity import Sensitivity, measure_sensitivity
@@ -135,20 +135,46 @@ def _channel_quantizer(module: torch.nn.Module, name: str) -> ChannelFixedPoint 
     return next((p for p in module.parametrizations[name] if isinstance(p, ChannelFixedPoint)), None)
 
 
-def calibrate_inputs(graph: MaseGraph, weights: list[Weight], samples: int) -> dict[str, float]:
-    """The largest |input| each layer of ``weights`` sees on ``samples`` training inputs (its module's first argument).
+def calibrate_inputs(graph: MaseGraph, weights: list[tuple[Weight, int]], samples: int) -> dict[str, dict]:
+    """The input frac width ``"auto"`` gives each layer of ``weights`` (pairs of a weight and its input width), from
+    ``samples`` training inputs: ``{name: {"max_abs", "frac_width"}}``.
 
-    One forward pass of the model as it is (eval mode, no gradient), in
-    chunks of 64; a layer called several times takes the largest over its calls.
+    Two forward passes of the model as it is (eval mode, no gradient, chunks
+    of 64): the largest |input| each layer sees (its module's first argument;
+    over all its calls), then the squared error of that input at each of the
+    `auto_candidates` widths; the least wins (ties: the coarser).
     """
     data = graph.context.require_data("quantize")
     x = calibration_batch(data, samples)
+    widths = {w.name: width for w, width in weights}
     seen: dict[str, float] = {}
+    errors: dict[str, list[float]] = {}
+    candidates: dict[str, list[int]] = {}
+
+    def record_max(name: str, t: torch.Tensor) -> None:
+        seen[name] = max(seen.get(name, 0.0), float(t.detach().abs().max()))
+
+    def record_error(name: str, t: torch.Tensor) -> None:
+        e = squared_errors(t, widths[name], candidates[name])
+        errors[name] = [a + b for a, b in zip(errors.get(name, [0.0] * len(e)), e)]
+
+    for record in (record_max, record_error):
+        if record is record_error:
+            candidates = {name: auto_candidates(m, widths[name]) for name, m in seen.items()}
+        _run_with_input_hooks(graph, [w for w, _ in weights if record is record_max or w.name in seen], x, record)
+    return {name: {"max_abs": seen[name],
+                   "frac_width": candidates[name][min(range(len(candidates[name])),
+                                                      key=lambda i: (errors[name][i], i))]}
+            for name in seen}
+
+
+def _run_with_input_hooks(graph: MaseGraph, weights: list[Weight], x: torch.Tensor, record) -> None:
+    """One forward pass over ``x`` calling ``record(name, first input)`` at each call of the weights' modules."""
     hooks = []
     for w in weights:
         def hook(module, args, name=w.name):
-            if args and isinstance(args[0], torch.Tensor) and args[0].numel():
-                seen[name] = max(seen.get(name, 0.0), float(args[0].detach().abs().max()))
+            if args and isinstance(args[0], torch.Tensor) and args[0].numel() and args[0].is_floating_point():
+                record(name, args[0])
         hooks.append(w.module.register_forward_pre_hook(hook))
     model = graph.model
     was_training = model.training
@@ -163,13 +189,14 @@ def calibrate_inputs(graph: MaseGraph, weights: list[Weight], samples: int) -> d
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return seen
 
 
-def resolve_frac_widths(w: Weight, cfg: IntegerConfig, input_max: float | None) -> dict:
+def resolve_frac_widths(w: Weight, cfg: IntegerConfig, input_frac: int | None) -> dict:
     """The frac widths a layer gets: ``{"weight": int | [int per channel], "bias": int | None, "data_in": int | None}``.
 
-    ``"auto"`` ones from the tensor's largest magnitude (``input_max``: the calibrated input's).
+    ``"auto"`` weights and biases by `best_frac_width` on their values (per
+    output channel with ``weight_granularity = "channel"``); ``input_frac``:
+    the calibrated input's (`calibrate_inputs`).
     """
     with torch.no_grad():
         weight = w.value()
@@ -178,19 +205,18 @@ def resolve_frac_widths(w: Weight, cfg: IntegerConfig, input_max: float | None) 
             if isinstance(cfg.weight_frac_width, list):
                 fw = list(cfg.weight_frac_width)
             else:
-                fw = [auto_frac_width(float(m), cfg.weight_width) for m in channel_max_abs(weight, dim)]
+                fw = [best_frac_width(c, cfg.weight_width) for c in weight.detach().movedim(dim, 0)]
         elif cfg.weight_frac_width == AUTO:
-            fw = auto_frac_width(float(weight.detach().abs().max()) if weight.numel() else 0.0, cfg.weight_width)
+            fw = best_frac_width(weight, cfg.weight_width)
         else:
             fw = cfg.weight_frac_width
         fb = cfg.bias_frac_width
         if fb == AUTO:
             bias = getattr(w.module, w.bias_name) if w.bias_name is not None else None
-            fb = auto_frac_width(float(bias.detach().abs().max()) if bias is not None and bias.numel() else 0.0,
-                                 cfg.bias_width)
+            fb = best_frac_width(bias if bias is not None else torch.zeros(0), cfg.bias_width)
     fx = cfg.data_in_frac_width
     if fx == AUTO:
-        fx = auto_frac_width(input_max, cfg.data_in_width) if input_max is not None else None
+        fx = input_frac
     return {"weight": fw, "bias": fb, "data_in": fx}
 
 
@@ -372,9 +398,9 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
         if cfg is not None:
             _check_not_quantized(graph, w)
     auto_bits, sens = choose_auto_bits(graph, args, plan)
-    calibrated = [w for w, cfg in plan if isinstance(cfg, IntegerConfig) and cfg.data_in_frac_width == AUTO
-                  and graph.call_nodes(w.qualname)]
-    input_max = calibrate_inputs(graph, calibrated, args.calibration_samples) if calibrated else {}
+    calibrated = [(w, cfg.data_in_width) for w, cfg in plan if isinstance(cfg, IntegerConfig)
+                  and cfg.data_in_frac_width == AUTO and graph.call_nodes(w.qualname)]
+    inputs = calibrate_inputs(graph, calibrated, args.calibration_samples) if calibrated else {}
     generator = torch.Generator().manual_seed(int(graph.context.training.seed))
     nodes = {n.name: n for n in graph.nodes}
     rows, skipped, float_inputs, warnings, fracs = [], [], [], [], {}
@@ -384,7 +410,7 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
             continue
         extra = {}
         if isinstance(cfg, IntegerConfig):
-            chosen = resolve_frac_widths(w, cfg, input_max.get(w.name))
+            chosen = resolve_frac_widths(w, cfg, inputs[w.name]["frac_width"] if w.name in inputs else None)
             with torch.no_grad():
                 before = w.value().detach().clone()
             why = quantize_integer(graph, w, cfg, chosen)
@@ -392,8 +418,8 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
                 float_inputs.append({"name": w.name, "reason": why})
             fracs[w.name] = chosen
             extra = {"frac_widths": chosen} if cfg.has_auto() or isinstance(chosen["weight"], list) else {}
-            if input_max.get(w.name) is not None:
-                extra["data_in_max_abs"] = input_max[w.name]
+            if w.name in inputs:
+                extra["data_in_max_abs"] = inputs[w.name]["max_abs"]
             with torch.no_grad():
                 zeroed = zeroed_share(before, w.value())
             if zeroed >= ZEROED_WARNING:

@@ -395,6 +395,8 @@ def shrink_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tu
     registry = graph.context.model_name
     if layers:
         graph.context.shrunk = True  # smaller than its class's architecture: files record it, loaders resize
+        if graph.context.original_params is None:
+            graph.context.original_params = params_before
     info = {
         "layers": layers,
         "totals": {

@@ -94,9 +94,10 @@ def _fracs(graph: MaseGraph) -> list[int]:
     return list(q.frac_widths) if hasattr(q, "frac_widths") else [q.frac_width] * module.weight.shape[0]
 
 
-def test_conv_relu_pool_chain_runs_as_integer_kernels(tmp_path):
+@pytest.mark.parametrize("data_in_width", [8, 4])
+def test_conv_relu_pool_chain_runs_as_integer_kernels(tmp_path, data_in_width):
     """conv-bn-relu-conv-pool-linear (zoo ShrinkCNN): the batch norm is folded, the Relus absorbed, and
-    onnxruntime runs every layer as QLinearConv / QGemm."""
+    onnxruntime runs every layer as QLinearConv / QGemm (inputs narrower than 8 bits: clipped in uint8)."""
     torch.manual_seed(0)
     model = ShrinkCNN()
     with torch.no_grad():
@@ -104,11 +105,13 @@ def test_conv_relu_pool_chain_runs_as_integer_kernels(tmp_path):
         model.bn.running_var.uniform_(0.5, 2.0)
         model.bn.weight.uniform_(-1.5, 1.5)  # negative scales too
     x = ShrinkCNN.example(16)
-    table = {"by": "type", "conv2d": {"config": _integer(data_in_frac=5)}, "linear": {"config": _integer(data_in_frac=5)}}
-    graph = _quantized(model, x, table)
+    cfg = _integer(data_in_frac=5 if data_in_width == 8 else 2, data_in_width=data_in_width)
+    graph = _quantized(model, x, {"by": "type", "conv2d": {"config": cfg}, "linear": {"config": cfg}})
     path = tmp_path / "m.onnx"
     graph, info = PASSES["export"](graph, {"path": str(path), "int8": True})
     rows = {r["name"]: r for r in info["int8"]["layers"]}
+    clips = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name.startswith("clip_max")]
+    assert sorted(int(c) for c in clips) == [2 ** (data_in_width - 1) - 1] * 2
     assert rows["conv1"]["batchnorm"] == "bn" and all(r["arithmetic"] == "int8" for r in rows.values())
     assert info["int8"]["relus_absorbed"] == 2 and "Relu" not in info["int8"]["ops"]
     with torch.no_grad():
@@ -116,7 +119,11 @@ def test_conv_relu_pool_chain_runs_as_integer_kernels(tmp_path):
     got = _ort(path, x, tmp_path / "opt.onnx")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1 and "Conv" not in ops and "Gemm" not in ops
-    assert float((got - expected).abs().max()) <= 0.02 * float(expected.abs().max())
+    # the int32 bias (half an accumulator step) can move a value across a rounding boundary of the next input:
+    # one input step there, coarse at 4 bits
+    bound = 0.02 if data_in_width == 8 else 0.1
+    assert float((got - expected).abs().max()) <= bound * float(expected.abs().max())
+    assert float((got.argmax(1) == expected.argmax(1)).float().mean()) >= 0.9
 
 
 @pytest.mark.parametrize("cls", [ResBlockNet, DepthwiseNet, CalledTwice])

@@ -23,6 +23,7 @@ from machop.ir.serialize import load_model
 from machop.models import get_model
 from machop.nn import get_mask
 from machop.passes.graph import PASSES, REGISTRY
+from machop.passes.graph.analysis.stats import weight_stats
 from machop.passes.graph.transforms.huffman import load_compressed
 from machop.ir.mchz.format import pack_container, unpack_container
 from machop.passes.graph.transforms.shrink import shrunk_like
@@ -774,3 +775,15 @@ def test_shrunk_layers_keep_training_every_weight():
     opt.step()
     moved = {q for q, p in graph.model.named_parameters() if not torch.equal(p, before[q])}
     assert {q for q in before if q.endswith("weight.original") or q.endswith(".weight")} <= moved
+
+
+def test_ratios_after_a_shrink_stay_against_the_original_model():
+    graph = _registry("lenet5")
+    dense = weight_stats(graph)["dense_bytes"]
+    assert dense == 4 * sum(p.numel() for p in graph.model.parameters())
+    graph, _ = PASSES["prune"](graph, _channelwise(0.5))
+    graph, _ = PASSES["shrink"](graph, {})
+    graph, _ = PASSES["shrink"](graph, {})  # a second shrink keeps the first baseline
+    after = weight_stats(graph)
+    assert after["params"] < dense / 4 / 2 and after["dense_bytes"] == dense
+    assert graph.context.original_params == dense // 4
