@@ -35,6 +35,7 @@ import tomli_w
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from machop.report import fmt_bytes, summary_rows  # noqa: E402
 
@@ -96,6 +97,16 @@ def run(config: Path, project_dir: Path, *extra: str) -> dict:
             "parts": huffman["total"]["parts"], "layers": layers(huffman), "file": huffman["path"],
             "decoded_test_acc": test[-1]["test_acc"] if test else None,
             "baseline_checkpoint": str(report_path.parent / "checkpoints" / "baseline" / "best.ckpt")}
+
+
+def nncodec(file: str) -> dict:
+    """`nncodec_peer.compare` of the file's model, or why not (NNCodec not installed)."""
+    try:
+        import nncodec_peer  # noqa: PLC0415 (a bench script beside this one; needs nncodec)
+    except ImportError as e:
+        return {"error": f"{e}; install with pip install --no-deps nncodec==2.1.3"}
+    from machop.ir.mchz import load_compressed  # noqa: PLC0415 (the graph, not the bare model)
+    return nncodec_peer.compare(load_compressed(file))
 
 
 def verdict(model: str, res: dict) -> str:
@@ -187,10 +198,14 @@ def model_markdown(title: str, model: str, res: dict) -> list[str]:
         lines.append(f"| {l['layer']} | {l['shape_numel']:,} | {l['kept']:,} | {l['density']:.2%} | "
                      f"{l['position_bits']:.2f} | {bound} | {l['position_map'] or '-'} | {l['value_bits']:.2f} | "
                      f"{l['bytes']:,} |")
-    if res.get("nncodec") is not None:
-        n = res["nncodec"]
-        lines += ["", f"NNCodec (MPEG NNC reference coder, same quantized weights): {n['bytes']:,} bytes for the "
-                      f"weights it codes, machop {n['machop_bytes']:,} bytes for the same ({n['note']})."]
+    n = res.get("nncodec")
+    if n is not None and "error" in n:
+        lines += ["", f"NNCodec: not measured ({n['error']})."]
+    elif n is not None:
+        lines += ["", f"NNCodec (MPEG NNC's reference coder) on the same integer levels: {n['nncodec_weight_bytes']:,} "
+                      f"bytes against machop's {n['machop_weight_bytes']:,} (values + positions; "
+                      f"{n['ratio']:.3f}x); the whole file with NNCodec's stream instead: {n['nncodec_file_bytes']:,} "
+                      f"bytes, machop's {n['file_bytes']:,}."]
     return lines + [""]
 
 
@@ -263,6 +278,7 @@ def main() -> int:
         runs = {}
         for model in args.models:
             runs[model] = run(ROOT / CONFIGS[model], project / model)
+            runs[model]["nncodec"] = nncodec(runs[model]["file"])
             if model == "lenet5":
                 for seed in args.seeds:
                     if seed != 0:

@@ -63,7 +63,8 @@ def plain_model(source: nn.Module | str | os.PathLike, model: nn.Module | None =
     from machop.ir.serialize import class_name
     from machop.ir.skeleton import ShrunkShapeError, resize_layers
     from machop.models import get_model
-    from machop.nn import baked_state, fold_foreign_parametrizations, inserted_modules, load_baked, unparametrized_copy
+    from machop.nn import (baked_state, fold_foreign_parametrizations, has_compression, inserted_modules, load_baked,
+                           unparametrized_copy)
 
     context = None
     if isinstance(source, (str, os.PathLike)):
@@ -94,8 +95,9 @@ def plain_model(source: nn.Module | str | os.PathLike, model: nn.Module | None =
             raise ValueError(f"{class_name(root)} is not a registry model: pass model={class_name(root)}(), a fresh "
                              "instance of your class, to get it back")
         model = get_model(context.model_name, context.dataset_info)
-    elif model is not root and {id(m) for m in model.modules()} & {id(m) for m in root.modules()}:
-        model = unparametrized_copy(model)  # the instance the graph was traced from: it shares the graph's layers
+    elif model is not root and ({id(m) for m in model.modules()} & {id(m) for m in root.modules()}
+                                or has_compression(model)):
+        model = unparametrized_copy(model)  # the instance the graph was traced from (it may still hold its masks)
     if class_name(model) != class_name(root):
         raise ValueError(f"the compressed model is a {class_name(root)}, not the {class_name(model)} given")
 

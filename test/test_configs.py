@@ -58,11 +58,14 @@ def test_config_passes_the_checks_against_its_model(path, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5", "resnet18_colored"])
 def test_the_deep_compression_configs_choose_sparsities_and_widths_themselves(name):
-    """No hand-tuned per-layer numbers: sparsities and k-means widths come from the sensitivity curves."""
+    """No hand-tuned per-layer numbers: sparsities and k-means widths come from the sensitivity curves (a
+    structure step removes one fraction of every hidden layer's channels, one number for the model)."""
     config = load_config(next(p for p in CONFIGS if p.name.startswith(f"{name}_") and "deep_compression" in p.name))
     steps = plan(config)
     prunes = [s for s in steps if s.name == "prune"]
-    assert prunes and all(s.args.weight.sparsity == "auto" and s.args.gradual is not None for s in prunes)
+    gradual = [s for s in prunes if s.args.weight.sparsity == "auto"]
+    assert gradual and all(s.args.gradual is not None for s in gradual)
+    assert all(isinstance(s.args.weight.sparsity, (str, float, int)) for s in prunes)  # never a per-layer table
     (quantize,) = [s for s in steps if s.name == "quantize"]
     kmeans = [c for c in [quantize.args.default, *quantize.args.rules.values()] if c is not None]
     assert kmeans and all(c.weight_bits == "auto" and c.codebook == "float16" for c in kmeans)

@@ -3,7 +3,8 @@
 Standard library only: it runs before torch is installed.
 - Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` (apt-get, as root).
 - Python packages: ``pip install -e .[dev]`` (torch pinned to the local CPU
-  wheel in pyproject.toml), skipped when every requirement is installed.
+  wheel in pyproject.toml), skipped when every requirement is installed;
+  with ``--dev`` also `NO_DEPS_DEV`, each alone (``--no-deps``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# the benchmark's coding peer (MPEG NNC's reference coder): its declared requirements pin numpy<2 and pull
+# torchvision, neither of which it needs for coding, so it is installed without them (it builds a C++ extension)
+NO_DEPS_DEV = ["nncodec==2.1.3"]
 
 
 def _run(cmd: list[str]) -> None:
@@ -65,5 +69,12 @@ def setup(dev: bool = False) -> int:
     if missing:
         print(f"installing: {', '.join(missing)}", flush=True)
         _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]" if dev else str(ROOT)])
+    for requirement in NO_DEPS_DEV if dev else []:
+        if not _satisfied(requirement):
+            cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", requirement]
+            print("+", " ".join(cmd), flush=True)
+            if subprocess.run(cmd).returncode != 0:
+                print(f"ch setup: warning: {requirement} did not install; bench/nncodec_peer.py and its test "
+                      "need it (they say so and skip)", file=sys.stderr)
     print("ch setup: ready", flush=True)
     return 0

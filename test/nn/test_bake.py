@@ -96,6 +96,19 @@ def test_the_traced_instance_is_copied_and_the_graph_keeps_working():
     assert parametrize.is_parametrized(graph.model.stem)  # the graph still compressed
 
 
+def test_the_traced_instance_still_holding_masks_after_huffman_is_copied(tmp_path):
+    torch.manual_seed(0)
+    model, x = ZOO["ResBlockNet"]().eval(), ZOO["ResBlockNet"].example()
+    graph = _compressed(model, x)
+    graph, _ = PASSES["huffman"](graph, {"path": str(tmp_path / "m.mchz")})  # the graph's layers are new now
+    assert not any(m is graph.model.stem for m in model.modules())
+    plain = machop.plain_model(graph, model=model)  # model still carries the masks it was pruned with
+    assert plain is not model
+    _is_plain(plain)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), graph.model.eval()(x))
+
+
 def test_a_tied_weight_stays_tied():
     torch.manual_seed(0)
     x = ZOO["TiedEmbedding"].example()

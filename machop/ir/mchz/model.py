@@ -499,7 +499,8 @@ def encode_model(graph: MaseGraph, index_bits: int = 5, allow_raw: bool = False,
             "codebook_format": wc.codebook_format if wc.kind == "kmeans" else None,
             "dense_bytes": 4 * int(mask.size),
         })
-    dense_params = dense_parameter_count(graph.model)
+    # every ratio is against the model before any shrink, as the prune and quantize figures are
+    dense_params = graph.context.original_params or dense_parameter_count(graph.model)
     header = {
         "format": FORMAT_NAME,
         "structure": structure,
