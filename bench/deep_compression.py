@@ -48,7 +48,11 @@ PEERS = {"lenet300": "Deep Compression 40x; soft weight-sharing 64x (MNIST)",
 TARGET_RATIO, MAX_DROP = 100.0, 0.005  # at least 100x at accuracy parity (at most half a point below dense)
 DENSE_FLOOR = {"lenet300": 0.8918, "lenet5": 0.9146}  # the dense baselines of earlier runs
 PARTS = ("values", "positions", "codebooks", "raw", "header")
-SWEEP_RATIOS = (40, 60, 80, 100, 130)  # ``auto.ratio`` targets of the --sweep runs
+SWEEP_RATIOS = (40, 60, 80, 100, 130)
+# the file before structure, compressibility training, distillation and retraining-aware allocation (AGP + k-means
+# + Huffman): LeNet-5 as measured on a fresh machine on 2026-12-05 (63.8x), LeNet-300-100 on 2026-11-26 (63.6x)
+BEFORE_PARTS = {"lenet5": {"values": 9330, "positions": 15578, "codebooks": 324, "raw": 1160, "header": 647},
+                "lenet300": {"values": 5660, "positions": 9209, "codebooks": 552, "raw": 820, "header": 533}}  # ``auto.ratio`` targets of the --sweep runs
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -67,7 +71,7 @@ def stages(report: dict) -> list[dict]:
         size = dense_size if stage == "dense" else r["size_bytes"]
         out.append({
             "stage": stage, "step": r["step"], "test_acc": r["test_acc"], "nonzero_weights": r["nonzero_weights"],
-            "weights": r["weights"], "bits_per_weight": 32.0 if stage == "dense" else r["bits_per_weight"],
+            "weights": report["initial"]["weights"], "bits_per_weight": 32.0 if stage == "dense" else r["bits_per_weight"],
             "size_bytes": size, "size_is_file": r["size_is_file"], "ratio": dense_size / size,
         })
     return out
@@ -86,8 +90,11 @@ def run(config: Path, project_dir: Path, *extra: str) -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "ch"), "transform", "--config", str(config),
                     "--project-dir", str(project_dir), "--no-progress", *extra], check=True)
-    seconds = time.perf_counter() - start
-    report_path = max(project_dir.rglob("report.json"), key=os.path.getmtime)
+    return read_run(max(project_dir.rglob("report.json"), key=os.path.getmtime), config, time.perf_counter() - start)
+
+
+def read_run(report_path: Path, config: Path, seconds: float) -> dict:
+    """The figures of a run's ``report.json``."""
     report = json.loads(report_path.read_text())
     steps = {s["pass"]: s["info"] for s in report["steps"]}
     huffman = steps["huffman"]
@@ -156,7 +163,7 @@ def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrai
             if ratio is not None:
                 auto["ratio"] = ratio
         if kind == "huffman" and not structure:
-            table["structure"] = False
+            table["live_maps"] = False
     return c
 
 
@@ -188,7 +195,8 @@ def model_markdown(title: str, model: str, res: dict) -> list[str]:
               f"({100 * (final['test_acc'] - dense['test_acc']):+.2f} points); the decoded file tests at "
               f"{res['decoded_test_acc']:.4f}. Peers on MNIST: {PEERS[model]}.", "",
               f"Check: {verdict(model, res)}.", "", "Where the bytes of the file are:", "",
-              "| " + " | ".join(PARTS) + " | file |", "|" + "---|" * (len(PARTS) + 1), part_row(res["parts"]), "",
+              "| | " + " | ".join(PARTS) + " | file |", "|" + "---|" * (len(PARTS) + 2),
+              "| before (AGP pipeline) " + part_row(BEFORE_PARTS[model]), "| this run " + part_row(res["parts"]), "",
               "Positions per layer, bits per kept weight, beside the i.i.d. bound H(d)/d of the layer's density "
               "(below the bound: the mask's structure is paid for once, in keep-bitmaps):", "",
               "| layer | weights | kept | density | position bits | H(d)/d | map | value bits | bytes |",
@@ -255,11 +263,33 @@ def plot_sweep(sweep: dict, dense_acc: float, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
+ABLATION_ROWS = {"agp": {}, **{k: {k: True} for k in VARIANT_SWITCHES}, "all": dict.fromkeys(VARIANT_SWITCHES, True)}
+
+
+def rows_markdown(results: dict, rows: dict, sweep: dict, baseline: str) -> str:
+    dense_acc = next(iter([*rows.values(), *[r for runs in sweep.values() for r in runs.values()]]))["stages"][0]["test_acc"]
+    lines = header(results, "LeNet-5 on Fashion-MNIST: " + ("ablation" if rows else "accuracy against size"))
+    lines += [f"Every run starts from the same dense baseline ({baseline}, test_acc {dense_acc:.4f}); each part of "
+              "the pipeline on or off (`bench/deep_compression.py`'s `variant`): structure (neurons and filters "
+              "removed, keep-bitmaps in the file), prior (soft weight-sharing), distill (distillation from the "
+              "baseline), retrain (retraining-aware sensitivity curves).", ""]
+    if rows:
+        lines += table_rows(rows, dense_acc) + [""]
+    for pipeline, runs in sweep.items():
+        lines += [f"### {pipeline}", ""] + table_rows(runs, dense_acc) + [""]
+    if sweep:
+        plot_sweep(sweep, dense_acc, ROOT / "imgs" / "lenet5_accuracy_vs_size.png")
+        lines += ["![accuracy against size](../imgs/lenet5_accuracy_vs_size.png)", ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="LeNet-5 runs again at each further seed")
-    parser.add_argument("--ablation", action="store_true", help="LeNet-5: each part alone and together")
+    parser.add_argument("--ablation", nargs="*", choices=list(ABLATION_ROWS),
+                        help="LeNet-5: each part alone and together (default: every row); rows already run are "
+                             "kept, so two processes may share the rows")
     parser.add_argument("--sweep", action="store_true", help="LeNet-5: accuracy against size, AGP and new pipeline")
     parser.add_argument("--baseline", help="dense LeNet-5 checkpoint for --ablation/--sweep (default: the one "
                                            "docs/RESULTS.json's LeNet-5 run trained)")
@@ -274,7 +304,7 @@ def main() -> int:
                    f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    if not (args.ablation or args.sweep):
+    if args.ablation is None and not args.sweep:
         runs = {}
         for model in args.models:
             runs[model] = run(ROOT / CONFIGS[model], project / model)
@@ -292,12 +322,14 @@ def main() -> int:
     baseline = args.baseline or json.loads((out / "RESULTS.json").read_text())["models"]["lenet5"]["baseline_checkpoint"]
     config = tomllib.loads((ROOT / CONFIGS["lenet5"]).read_text())
     rows: dict[str, dict] = {}
-    if args.ablation:
-        off = dict.fromkeys(VARIANT_SWITCHES, False)
-        plan = {"agp (none of the four)": off, **{f"+ {k} alone": {**off, k: True} for k in VARIANT_SWITCHES},
-                "all four": dict.fromkeys(VARIANT_SWITCHES, True)}
-        rows = {name: run_variant(variant(config, **switches), name.replace(" ", "_").replace("(", "").replace(")", ""),
-                                  project / "ablation", baseline) for name, switches in plan.items()}
+    if args.ablation is not None:
+        folder = project / "ablation"
+        for row in args.ablation or list(ABLATION_ROWS):
+            switches = dict.fromkeys(VARIANT_SWITCHES, False) | ABLATION_ROWS[row]
+            result = run_variant(variant(config, **switches), row, folder, baseline)
+            (folder / f"{row}.json").write_text(json.dumps(result, indent=2) + "\n")
+        rows = {row: json.loads((folder / f"{row}.json").read_text())  # every row run so far, in table order
+                for row in ABLATION_ROWS if (folder / f"{row}.json").is_file()}
         results["ablation"] = rows
     sweep = {}
     if args.sweep:
@@ -307,20 +339,11 @@ def main() -> int:
                                                                     f"{pipeline}_{r}", project / "sweep", baseline)
                                for r in SWEEP_RATIOS}
         results["sweep"] = sweep
-    dense_acc = next(iter((rows or next(iter(sweep.values()))).values()))["stages"][0]["test_acc"]
-    name = "ABLATION" if args.ablation and not args.sweep else "SWEEP" if args.sweep and not args.ablation else "VARIANTS"
-    lines = header(results, "LeNet-5 on Fashion-MNIST: " + ("ablation" if args.ablation else "accuracy against size"))
-    lines += [f"Every run starts from the same dense baseline ({baseline}, test_acc {dense_acc:.4f}).", ""]
-    if rows:
-        lines += table_rows(rows, dense_acc) + [""]
-    for pipeline, runs in sweep.items():
-        lines += [f"### {pipeline}", ""] + table_rows(runs, dense_acc) + [""]
-    if sweep:
-        plot_sweep(sweep, dense_acc, ROOT / "imgs" / "lenet5_accuracy_vs_size.png")
-        lines += ["![accuracy against size](../imgs/lenet5_accuracy_vs_size.png)", ""]
+    name = "ABLATION" if rows else "SWEEP"
+    text = rows_markdown(results, rows, sweep, baseline)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{name}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    (out / f"{name}.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -150,7 +150,8 @@ def variant(name: str, label: str, model: torch.nn.Module, calib, test, x, args,
              "frac_widths": {r["name"]: r["frac_widths"] for r in m["quantize"]["layers"]},
              "zeroed_warnings": m["quantize"]["warnings"], "fixed_8_4": fixed_8_4_accuracy(model, x, test),
              "int8_layers": m["export"]["int8"]["layers"], "float_layers": m["export"]["int8"]["float_layers"],
-             "int8_ops": m["export"]["int8"]["ops"], "export_check_max_abs_diff": m["export"]["max_abs_diff"],
+             "int8_ops": m["export"]["int8"]["ops"],
+             "float_kernels": [k["node"] for k in m["export"]["int8"]["float_kernels"]], "export_check_max_abs_diff": m["export"]["max_abs_diff"],
              "files": {}}
     for k, p in paths.items():
         entry["files"][k] = {"bytes": p.stat().st_size, "test_acc": ort_accuracy(sessions[k], test)}
@@ -238,8 +239,8 @@ def tables(results: dict) -> str:
             notes.append(f"- {r['model']} {v}: machop fake-quant acc (auto frac widths, no fine-tune) "
                          f"{e['machop_fake_quant_acc']:.4f}, torch fp32 {e['torch_fp32_acc']:.4f}, the group's fixed "
                          f"8.4 {e['fixed_8_4']['test_acc']:.4f} ({e['fixed_8_4']['zeroed_layers']} layer(s) zeroed); "
-                         f"int8 layers {len(e['int8_layers'])}, float "
-                         f"{', '.join(floats) or 'none'}; ops {e['int8_ops']}")
+                         f"int8 layers {len(e['int8_layers'])} ({len(e['float_kernels'])} run as float kernels: output not "
+                         f"quantized), float {', '.join(floats) or 'none'}; ops {e['int8_ops']}")
     return "\n".join(out + ["", "## Details", "", *notes])
 
 

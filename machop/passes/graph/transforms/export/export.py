@@ -304,6 +304,10 @@ def _export_rewritten(graph: MaseGraph, args: ExportArgs, key: str, target: Path
             raise RuntimeError(f"export: the int8 rewrite failed ({type(e).__name__}: {_first_line(e)})") from None
         int8_rows = [r for r in rows if r["arithmetic"] == "int8"]
         info["int8"] = {"layers": rows, "float_layers": floats, **counts}
+        if counts["float_kernels"]:
+            logger.info("int8: %d of %d int8 layer(s) run as float kernels in onnxruntime (output not quantized): %s",
+                        len(counts["float_kernels"]), len(int8_rows),
+                        ", ".join(k["node"] for k in counts["float_kernels"]))
         logger.info("int8: %d layer(s) in integer arithmetic (%s); float: %s", len(int8_rows),
                     ", ".join(r["name"] for r in int8_rows) or "none",
                     "; ".join(f"{f['name']} ({f['reason']})" for f in floats

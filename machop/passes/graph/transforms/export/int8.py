@@ -472,8 +472,28 @@ def rewrite(data: bytes) -> tuple[bytes, dict]:
     counts = {"weights_int8": _fold_weight_quantizers(G), "biases_int32": _quantize_biases(G),
               "relus_absorbed": _absorb_relus(G)}
     counts["ops"] = dict(sorted(Counter(n.op_type for n in G.g.node).items()))
+    counts["integer_kernels"], counts["float_kernels"] = _kernels(G)
     onnx.checker.check_model(model)
     return model.SerializeToString(), counts
+
+
+def _kernels(G: _Graph) -> tuple[list[str], list[dict]]:
+    """Which Conv/Gemm nodes with dequantized input and weight onnxruntime can run as integer kernels: a Conv
+    needs its output quantized (``DQ -> Conv -> Q``: QLinearConv); a Gemm fuses either way (QGemm)."""
+    integer, floats = [], []
+    for n in G.g.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2:
+            continue
+        x, w = G.producer.get(n.input[0]), G.producer.get(n.input[1])
+        if x is None or w is None or x.op_type != "DequantizeLinear" or w.op_type != "DequantizeLinear":
+            continue
+        users = G.consumers.get(n.output[0], [])
+        if n.op_type == "Gemm" or (users and all(u.op_type == "QuantizeLinear" for u in users)):
+            integer.append(n.name)
+        else:
+            floats.append({"node": n.name, "reason": "its output reaches no quantizer (e.g. a residual addition "
+                                                      "follows): onnxruntime runs it in float with int8 weights"})
+    return integer, floats
 
 
 def step_of(fracs: list[int]) -> float:

@@ -51,6 +51,7 @@ class HuffmanArgs:
     path: str | None = None
     verify: bool = True
     saved_class: str | None = None
+    live_maps: bool = True  # false: every layer's positions over its whole weight (no keep-bitmaps; for comparison)
 
     def validate(self, path: str) -> None:
         check_range(self.index_bits, join(path, "index_bits"), 1, 16)
@@ -189,7 +190,7 @@ def _decode_only(args: HuffmanArgs, path: str) -> None:
 def _encode(graph: MaseGraph, args: HuffmanArgs, key_path: str) -> dict:
     require_finite(graph.model, key_path)  # a NaN has no code: name its tensor
     target = compressed_path(graph, args, key_path)
-    data, report = encode_model(graph, index_bits=args.index_bits, allow_raw=args.allow_raw)
+    data, report = encode_model(graph, index_bits=args.index_bits, allow_raw=args.allow_raw, live_maps=args.live_maps)
     write_atomic(target, data)
     file_bytes = os.path.getsize(target)
     total = report["total"]

@@ -119,6 +119,7 @@ def test_conv_relu_pool_chain_runs_as_integer_kernels(tmp_path, data_in_width):
     got = _ort(path, x, tmp_path / "opt.onnx")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1 and "Conv" not in ops and "Gemm" not in ops
+    assert len(info["int8"]["integer_kernels"]) == 3 and info["int8"]["float_kernels"] == []
     # the int32 bias (half an accumulator step) can move a value across a rounding boundary of the next input:
     # one input step there, coarse at 4 bits
     bound = 0.02 if data_in_width == 8 else 0.1
@@ -141,6 +142,8 @@ def test_zoo_models_export_int8(tmp_path, cls):
     assert info["verified"]
     assert [r["name"] for r in info["int8"]["layers"]] == cls.WEIGHTS
     assert all(r["arithmetic"] == "int8" for r in info["int8"]["layers"])
+    if cls is ResBlockNet:  # conv2 (+ bn2) feeds the residual addition, stem's Relu also feeds it: no quantizer
+        assert sorted(k["node"] for k in info["int8"]["float_kernels"]) == ["/conv2/Conv", "/stem/Conv"]
     with torch.no_grad():
         expected = graph.model(x)
     got = _ort(path, x)

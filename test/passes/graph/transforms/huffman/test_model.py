@@ -17,6 +17,7 @@ from machop.config import ConfigError
 from machop.datasets import DatasetInfo, MaseDataModule, get_dataset_info
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
+from machop.passes.graph import PASSES
 from machop.passes.graph.transforms.huffman import (
     DEFAULT_FILENAME,
     CompressedFileError,
@@ -209,6 +210,19 @@ def test_unpruned_quantized_model_round_trips(tmp_path):
     assert all(r["density"] == 1.0 and r["bits_per_index"] < 0.05 for r in report["layers"])  # all gaps 0: 0 bits
     x = [torch.randn(3, 1, 4, 4)]
     assert_identical(outputs(graph, x), outputs(decode_model(data), x))
+
+
+def test_live_maps_false_codes_flat_positions(tmp_path):
+    graph = make_graph("lenet300", TINY)
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5, "granularity": "channelwise",
+                                                  "method": "l1-norm-single"}})
+    graph, _ = quantize_transform_pass(graph, {"by": "type", "default": {"config": {"name": "kmeans", "weight_bits": 3}}})
+    infos = {}
+    for maps in (True, False):
+        _, infos[maps] = PASSES["huffman"](graph, {"path": str(tmp_path / f"{maps}.mchz"), "live_maps": maps})
+    assert any(r["position_map"] for r in infos[True]["layers"])
+    assert not any(r["position_map"] for r in infos[False]["layers"])
+    assert infos[True]["file_bytes"] < infos[False]["file_bytes"]
 
 
 # --------------------------------------------------------------------------- refusals
