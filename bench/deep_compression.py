@@ -6,7 +6,7 @@ per weight, size, ratio against dense fp32 of every parameter), where the
 file's bytes are, and per layer the position bits per kept weight beside the
 i.i.d. bound ``H(d)/d``, to ``docs/RESULTS.md`` and ``docs/RESULTS.json``.
 
-    python bench/deep_compression.py [--models lenet300 lenet5] [--seeds 0 1]
+    python bench/deep_compression.py [--models lenet300 lenet5] [--seeds 0 1]   # rows it runs replace RESULTS.json's
     python bench/deep_compression.py --ablation     # LeNet-5: what each part adds, alone and together
     python bench/deep_compression.py --sweep        # LeNet-5: accuracy against file size, AGP and the new pipeline
 
@@ -286,7 +286,8 @@ def rows_markdown(results: dict, rows: dict, sweep: dict, baseline: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="LeNet-5 runs again at each further seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="LeNet-5 runs at each of these seeds (the config's is 0)")
     parser.add_argument("--ablation", nargs="*", choices=list(ABLATION_ROWS),
                         help="LeNet-5: each part alone and together (default: every row); rows already run are "
                              "kept, so two processes may share the rows")
@@ -305,16 +306,15 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     if args.ablation is None and not args.sweep:
-        runs = {}
         for model in args.models:
-            runs[model] = run(ROOT / CONFIGS[model], project / model)
-            runs[model]["nncodec"] = nncodec(runs[model]["file"])
-            if model == "lenet5":
-                for seed in args.seeds:
-                    if seed != 0:
-                        runs[f"lenet5 seed {seed}"] = run(ROOT / CONFIGS[model], project / f"lenet5_seed{seed}",
-                                                          "--seed", str(seed))
-        results["models"] = runs
+            for seed in args.seeds if model == "lenet5" else [0]:
+                key, extra = (model, ()) if seed == 0 else (f"{model} seed {seed}", ("--seed", str(seed)))
+                res = run(ROOT / CONFIGS[model], project / key.replace(" ", "_"), *extra)
+                res |= {"key": key, "date": time.strftime("%Y-%m-%d"), "nncodec": nncodec(res["file"])}
+                (project / f"{key.replace(' ', '_')}.json").write_text(json.dumps(res, indent=2) + "\n")
+        # every model run so far (another process may be running the others)
+        results["models"] = {r["key"]: r for r in sorted((json.loads(f.read_text()) for f in project.glob("*.json")),
+                                                         key=lambda r: r["key"])}
         (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "RESULTS.md").write_text(markdown(results))
         print(markdown(results))
