@@ -29,6 +29,8 @@ from torch import nn
 from machop.config import ConfigError, check_range, from_dict, join
 from machop.nn import MixturePrior, Weight, apply_mask
 
+from .outputs import logits_of
+
 
 def _positive(value: float, path: str) -> None:
     if not value > 0:
@@ -106,7 +108,7 @@ class Objective(nn.Module):
             t = self.distill.temperature
             with torch.no_grad():
                 self.teacher.to(logits.device).eval()
-                soft = F.softmax(self.teacher(x) / t, dim=1)
+                soft = F.softmax(logits_of(self.teacher(x)) / t, dim=1)
             kl = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
             out["distill_loss"] = kl
             out["loss"] = (1 - self.distill.weight) * ce + self.distill.weight * kl

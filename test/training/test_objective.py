@@ -40,6 +40,25 @@ def test_distillation_loss_is_hintons_mix_of_cross_entropy_and_softened_kl():
     assert torch.equal(Objective(teacher, DistillArgs(weight=0.0)).loss(ce, logits, x)["loss"], ce)
 
 
+class _DictOut(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return {"logits": self.inner(x), "features": x}
+
+
+def test_a_teacher_returning_a_dict_is_read_by_its_logits():
+    student, teacher = _linear(0), _linear(1)
+    x = torch.randn(8, 6)
+    logits = student(x)
+    ce = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+    plain = Objective(teacher, DistillArgs()).loss(ce, logits, x)
+    wrapped = Objective(_DictOut(teacher), DistillArgs()).loss(ce, logits, x)
+    assert torch.equal(plain["loss"], wrapped["loss"])
+
+
 def test_prior_penalty_is_the_mixture_log_likelihood_of_the_kept_weights_only():
     model = _linear()
     weights = compressible_weights(model)
