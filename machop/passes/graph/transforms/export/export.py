@@ -11,6 +11,7 @@ model's dtype unchecked.
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import os
@@ -83,22 +84,20 @@ def check_export_args(graph: MaseGraph, args: ExportArgs, path: str, earlier: li
             _onnx(join(path, key))
 
 
-def _onnx(key: str):
+def _optional(module: str, key: str, needs: str, otherwise: str):
+    """``module`` imported, or a ConfigError at ``key`` saying how to install it (``needs``: what for)."""
     try:
-        import onnx
+        return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(key, "rewriting the file needs the onnx package: pip install 'machop[onnx]' "
-                               "(or onnx onnxruntime), or set it to false") from None
-    return onnx
+        raise ConfigError(key, f"{needs}: pip install 'machop[onnx]' (or onnx onnxruntime), or {otherwise}") from None
+
+
+def _onnx(key: str):
+    return _optional("onnx", key, "rewriting the file needs the onnx package", "set it to false")
 
 
 def _onnxruntime(key: str):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConfigError(key, "checking the file needs onnxruntime: pip install 'machop[onnx]' "
-                               "(or onnx onnxruntime), or set check = false") from None
-    return onnxruntime
+    return _optional("onnxruntime", key, "checking the file needs onnxruntime", "set check = false")
 
 
 def folded_copy(graph: MaseGraph) -> nn.Module:
