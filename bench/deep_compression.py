@@ -48,11 +48,11 @@ PEERS = {"lenet300": "Deep Compression 40x; soft weight-sharing 64x (MNIST)",
 TARGET_RATIO, MAX_DROP = 100.0, 0.005  # at least 100x at accuracy parity (at most half a point below dense)
 DENSE_FLOOR = {"lenet300": 0.8918, "lenet5": 0.9146}  # the dense baselines of earlier runs
 PARTS = ("values", "positions", "codebooks", "raw", "header")
-SWEEP_RATIOS = (40, 60, 80, 100, 130)
+SWEEP_RATIOS = (60, 80, 100, 130)  # ``auto.ratio`` targets of the --sweep runs
 # the file before structure, compressibility training, distillation and retraining-aware allocation (AGP + k-means
 # + Huffman): LeNet-5 as measured on a fresh machine on 2026-12-05 (63.8x), LeNet-300-100 on 2026-11-26 (63.6x)
 BEFORE_PARTS = {"lenet5": {"values": 9330, "positions": 15578, "codebooks": 324, "raw": 1160, "header": 647},
-                "lenet300": {"values": 5660, "positions": 9209, "codebooks": 552, "raw": 820, "header": 533}}  # ``auto.ratio`` targets of the --sweep runs
+                "lenet300": {"values": 5660, "positions": 9209, "codebooks": 552, "raw": 820, "header": 533}}
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -167,11 +167,26 @@ def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrai
     return c
 
 
-def run_variant(config: dict, name: str, project_dir: Path, baseline: str) -> dict:
-    path = project_dir / f"{name}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+def earlier_run(config: dict, name: str, folder: Path, baseline: str) -> dict | None:
+    """The figures of an earlier run of the same variant config from the same baseline, if any."""
+    done = folder / f"{name}.json"
+    earlier = json.loads(done.read_text()) if done.is_file() else {}
+    return earlier if earlier.get("variant") == config and earlier.get("baseline") == baseline else None
+
+
+def run_variant(config: dict, name: str, folder: Path, baseline: str) -> dict:
+    """One variant's run from the dense ``baseline``, kept as ``folder/name.json``: the ablation and the sweep
+    share rows, two processes may split them, and a stopped bench resumes."""
+    earlier = earlier_run(config, name, folder, baseline)
+    if earlier is not None:
+        return earlier
+    path = folder / f"{name}.toml"
+    folder.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(config))
-    return run(path, project_dir / name, "--load", baseline, "--load-type", "pl")
+    result = run(path, folder / name, "--load", baseline, "--load-type", "pl") | {"variant": config,
+                                                                                  "baseline": baseline}
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 # --------------------------------------------------------------------------- writing
@@ -264,6 +279,7 @@ def plot_sweep(sweep: dict, dense_acc: float, path: Path) -> None:
 
 
 ABLATION_ROWS = {"agp": {}, **{k: {k: True} for k in VARIANT_SWITCHES}, "all": dict.fromkeys(VARIANT_SWITCHES, True)}
+SWEEP_PIPELINES = {"agp": "agp", "new": "all"}  # each pipeline of the sweep is an ablation row at several targets
 
 
 def rows_markdown(results: dict, rows: dict, sweep: dict, baseline: str) -> str:
@@ -283,6 +299,12 @@ def rows_markdown(results: dict, rows: dict, sweep: dict, baseline: str) -> str:
     return "\n".join(lines)
 
 
+def write_rows(out: Path, name: str, results: dict, text: str) -> None:
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -291,7 +313,8 @@ def main() -> int:
     parser.add_argument("--ablation", nargs="*", choices=list(ABLATION_ROWS),
                         help="LeNet-5: each part alone and together (default: every row); rows already run are "
                              "kept, so two processes may share the rows")
-    parser.add_argument("--sweep", action="store_true", help="LeNet-5: accuracy against size, AGP and new pipeline")
+    parser.add_argument("--sweep", nargs="*", choices=list(SWEEP_PIPELINES),
+                        help="LeNet-5: accuracy against size at each of SWEEP_RATIOS (default: both pipelines)")
     parser.add_argument("--baseline", help="dense LeNet-5 checkpoint for --ablation/--sweep (default: the one "
                                            "docs/RESULTS.json's LeNet-5 run trained)")
     parser.add_argument("--out", default=str(ROOT / "docs"))
@@ -305,7 +328,7 @@ def main() -> int:
                    f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    if args.ablation is None and not args.sweep:
+    if args.ablation is None and args.sweep is None:
         for model in args.models:
             for seed in args.seeds if model == "lenet5" else [0]:
                 key, extra = (model, ()) if seed == 0 else (f"{model} seed {seed}", ("--seed", str(seed)))
@@ -321,29 +344,30 @@ def main() -> int:
         return 0
     baseline = args.baseline or json.loads((out / "RESULTS.json").read_text())["models"]["lenet5"]["baseline_checkpoint"]
     config = tomllib.loads((ROOT / CONFIGS["lenet5"]).read_text())
-    rows: dict[str, dict] = {}
+    folder = project / "lenet5_variants"
+    shipped = next(t["weight"]["auto"]["ratio"] for t in config["passes"].values() if "auto" in t.get("weight", {}))
+
+    def ablation_run(row: str, ratio: float = shipped) -> tuple[dict, str]:
+        """A row's config and name; the sweep's runs at the shipped target are the ablation's rows."""
+        switches = dict.fromkeys(VARIANT_SWITCHES, False) | ABLATION_ROWS[row]
+        return variant(config, ratio=ratio, **switches), row if ratio == shipped else f"{row}_{ratio:g}"
+
+    args.ablation = list(ABLATION_ROWS) if args.ablation == [] else args.ablation
+    args.sweep = list(SWEEP_PIPELINES) if args.sweep == [] else args.sweep
+    for row in args.ablation or []:
+        run_variant(*ablation_run(row), folder, baseline)
+    for pipeline in args.sweep or []:
+        for ratio in SWEEP_RATIOS:
+            run_variant(*ablation_run(SWEEP_PIPELINES[pipeline], ratio), folder, baseline)
+    # every row run so far (another process may be running the others)
+    rows = {row: r for row in ABLATION_ROWS if (r := earlier_run(*ablation_run(row), folder, baseline))}
+    sweep = {pipeline: {f"{pipeline} ratio {ratio:g}": r for ratio in SWEEP_RATIOS
+                        if (r := earlier_run(*ablation_run(row, ratio), folder, baseline))}
+             for pipeline, row in SWEEP_PIPELINES.items()}
     if args.ablation is not None:
-        folder = project / "ablation"
-        for row in args.ablation or list(ABLATION_ROWS):
-            switches = dict.fromkeys(VARIANT_SWITCHES, False) | ABLATION_ROWS[row]
-            result = run_variant(variant(config, **switches), row, folder, baseline)
-            (folder / f"{row}.json").write_text(json.dumps(result, indent=2) + "\n")
-        rows = {row: json.loads((folder / f"{row}.json").read_text())  # every row run so far, in table order
-                for row in ABLATION_ROWS if (folder / f"{row}.json").is_file()}
-        results["ablation"] = rows
-    sweep = {}
-    if args.sweep:
-        shipped = {k: k != "prior" or any("prior" in t for t in config["passes"].values()) for k in VARIANT_SWITCHES}
-        for pipeline, switches in (("agp", dict.fromkeys(VARIANT_SWITCHES, False)), ("new", shipped)):
-            sweep[pipeline] = {f"{pipeline} ratio {r}": run_variant(variant(config, ratio=r, **switches),
-                                                                    f"{pipeline}_{r}", project / "sweep", baseline)
-                               for r in SWEEP_RATIOS}
-        results["sweep"] = sweep
-    name = "ABLATION" if rows else "SWEEP"
-    text = rows_markdown(results, rows, sweep, baseline)
-    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{name}.md").write_text(text)
-    print(text)
+        write_rows(out, "ABLATION", results | {"ablation": rows}, rows_markdown(results, rows, {}, baseline))
+    if args.sweep is not None:
+        write_rows(out, "SWEEP", results | {"sweep": sweep}, rows_markdown(results, {}, sweep, baseline))
     return 0
 
 

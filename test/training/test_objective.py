@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from machop.config import ConfigError, TrainSettings
+from machop.config import ConfigError, TrainSettings, load_config
 from machop.datasets import MaseDataModule
 from machop.ir import MaseGraph, PassContext
 from machop.models import get_model
@@ -17,7 +19,10 @@ from machop.nn import MixturePrior, apply_mask, compressible_weights, get_mask, 
 from machop.passes.graph import PASSES
 from machop.passes.graph.analysis.sensitivity import measure_sensitivity
 from machop.passes.graph.transforms.train import parse_train_args
-from machop.training import DistillArgs, Objective, PriorArgs, build_objective
+from machop.training import DataLoaders, DistillArgs, Objective, PriorArgs, build_objective
+from zoo.models import ZOO
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _linear(seed: int = 0) -> nn.Module:
@@ -138,7 +143,7 @@ def test_distilling_from_the_baseline_needs_a_baseline_step(data):
 
 def _distortion(graph) -> float:
     """Mean squared distance of the kept weights to their nearest of 8 k-means centroids, over their variance."""
-    kept = torch.cat([w.value()[get_mask(w.module)] for w in graph.weights()])
+    kept = torch.cat([w.value()[get_mask(w.module, w.tensor_name)] for w in graph.weights()])
     result = kmeans_1d(kept, 8, "linear", 300, 1e-4)
     return float(((kept - result.centroids[result.labels].to(kept.dtype)) ** 2).mean() / kept.var())
 
@@ -149,13 +154,13 @@ def test_a_run_distills_and_trains_under_the_prior_keeping_masks(data):
     teacher = graph.context.teacher
     assert teacher is not None and not any(p.requires_grad for p in teacher.parameters())
     graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.8}})
-    masks = {w.name: get_mask(w.module).clone() for w in graph.weights()}
+    masks = {w.name: get_mask(w.module, w.tensor_name).clone() for w in graph.weights()}
     before = {w.name: w.value().clone() for w in graph.weights()}
     start = _distortion(graph)
     graph, info = PASSES["train"](graph, {"training": {"max_epochs": 2, "learning_rate": 1e-3},
                                           "distill": {"weight": 0.5}, "prior": {"weight": 1.0, "components": 8}})
     for w in graph.weights():
-        now = get_mask(w.module)
+        now = get_mask(w.module, w.tensor_name)
         assert torch.equal(now & ~masks[w.name], torch.zeros_like(now))  # masks only shrink
         assert torch.count_nonzero(w.value()[~now]) == 0
         assert not torch.equal(w.value(), before[w.name])
@@ -177,3 +182,53 @@ def test_retrained_sensitivity_recovers_accuracy_and_leaves_the_model_as_it_was(
     assert recovered > one_shot + 0.02, (one_shot, recovered)
     for k, v in graph.model.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def _masks_only_shrank(graph, masks) -> None:
+    for w in graph.weights():
+        now = get_mask(w.module, w.tensor_name)
+        assert torch.equal(now & ~masks[w.name], torch.zeros_like(now)), w.name
+        assert torch.count_nonzero(w.value()[~now]) == 0, w.name
+
+
+@pytest.mark.parametrize("name", ["ResBlockNet", "LSTMNet"])
+def test_the_prior_trains_models_we_did_not_write(name):
+    """Soft weight-sharing on user models (a residual CNN, a two-layer LSTM) through the train pass on the
+    user's own DataLoaders: every compressed weight is under the prior, masks only shrink, and the kept
+    weights end more clustered."""
+    torch.manual_seed(0)
+    model = ZOO[name]()
+    x = model.example(256)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    data = TensorDataset(x, y)
+    graph = MaseGraph(model, dummy_input=x[:2])
+    graph.context.data_module = DataLoaders(DataLoader(data, batch_size=32, shuffle=True),
+                                            DataLoader(data, batch_size=128))
+    graph.context.training = TrainSettings(max_epochs=4, learning_rate=3e-3, accelerator="cpu")
+    graph.context.progress_bar = False
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.5}})
+    masks = {w.name: get_mask(w.module, w.tensor_name).clone() for w in graph.weights()}
+    start = _distortion(graph)
+    graph, info = PASSES["train"](graph, {"prior": {"weight": 1.0, "components": 8}})
+    _masks_only_shrank(graph, masks)
+    assert sorted(info["prior"]["pruned"]) <= sorted(masks) and len(info["prior"]["means"]) == 8
+    assert _distortion(graph) < 0.8 * start, (start, _distortion(graph))
+
+
+def test_the_prior_trains_the_resnet18_config_on_a_small_slice():
+    """The ResNet-18 Deep Compression config's model and data, with a prior step on 256 images."""
+    config = load_config(ROOT / "configs/examples/resnet18_colored_fashion_mnist_deep_compression.toml")
+    data = MaseDataModule(config.dataset, batch_size=64, train_limit=256, test_limit=64)
+    data.setup()
+    torch.manual_seed(0)
+    ctx = PassContext(data_module=data, model_name=config.model, dataset_info=data.info, progress_bar=False,
+                      training=TrainSettings(accelerator="cpu", max_epochs=1))
+    graph = MaseGraph(get_model(config.model, data.info), context=ctx)
+    graph, _ = PASSES["prune"](graph, {"weight": {"sparsity": 0.8}})
+    masks = {w.name: get_mask(w.module, w.tensor_name).clone() for w in graph.weights()}
+    before = {w.name: w.value().clone() for w in graph.weights()}
+    graph, info = PASSES["train"](graph, {"prior": {"weight": 1.0, "components": 4}, "test": False})
+    _masks_only_shrank(graph, masks)
+    assert len(info["prior"]["means"]) == 4 and all(math.isfinite(m) for m in info["prior"]["means"])
+    assert all(not torch.equal(w.value(), before[w.name]) for w in graph.weights())
