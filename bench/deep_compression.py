@@ -7,13 +7,16 @@ file's bytes are, and per layer the position bits per kept weight beside the
 i.i.d. bound ``H(d)/d``, to ``docs/RESULTS.md`` and ``docs/RESULTS.json``.
 
     python bench/deep_compression.py [--models lenet300 lenet5] [--seeds 0 1]   # rows it runs replace RESULTS.json's
-    python bench/deep_compression.py --ablation     # LeNet-5: what each part adds, alone and together
-    python bench/deep_compression.py --sweep        # LeNet-5: accuracy against file size, AGP and the new pipeline
+    python bench/deep_compression.py --ablation [ROW ...]   # LeNet-5: what each part adds, alone and together
+    python bench/deep_compression.py --sweep [agp new]      # LeNet-5: accuracy against file size, both pipelines
 
 ``--ablation`` and ``--sweep`` start every variant from the dense baseline
 the main LeNet-5 run trained (``--load`` its best checkpoint, so every row
 shares one baseline) and write ``docs/ABLATION.md`` / ``docs/SWEEP.md`` and
-``imgs/lenet5_accuracy_vs_size.png``. Each part of the pipeline is one switch
+``imgs/lenet5_accuracy_vs_size.png``. Every variant's run is kept as a JSON
+file and reused while its config and baseline are unchanged: the sweep's
+runs at the shipped target are the ablation's "agp" and "all" rows, and two
+processes may split the rows between them. Each part of the pipeline is one switch
 (`VARIANT_SWITCHES`); "agp" is the pipeline before them: gradual magnitude
 pruning with one-shot sensitivity curves, k-means, fine-tune, Huffman coding.
 """
@@ -135,11 +138,11 @@ PRIOR_STEP = {"pass": "train", "training": {"max_epochs": 3, "learning_rate": 5e
 def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrain: bool,
             ratio: float | None = None) -> dict:
     """The shipped pipeline with each part on or off: ``structure`` (neurons and filters removed before the
-    gradual step, and keep-bitmaps in the file), ``prior`` (a soft weight-sharing step before quantize,
-    `PRIOR_STEP`, added if the config has none), ``distill`` (every ``distill`` table), ``retrain``
-    (retraining-aware sensitivity curves); ``ratio`` replaces the target."""
+    gradual step, and keep-bitmaps in the file), ``prior`` (soft weight-sharing: the config's, in the gradual
+    step or a step of its own, or else `PRIOR_STEP` before quantize), ``distill`` (every ``distill`` table),
+    ``retrain`` (retraining-aware sensitivity curves); ``ratio`` replaces the target."""
     c = copy.deepcopy(config)
-    if prior and not any("prior" in t for t in c["passes"].values()):
+    if prior and not any("prior" in t or "prior" in t.get("gradual", {}) for t in c["passes"].values()):
         step = copy.deepcopy(PRIOR_STEP) | ({"distill": {"teacher": "baseline"}} if distill else {})
         c["passes"] = {k2: v2 for k, v in c["passes"].items()
                        for k2, v2 in ((("cluster", step), (k, v)) if k == "quantize" else ((k, v),))}
@@ -150,9 +153,11 @@ def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrai
         if not structure and (kind == "shrink" or label == "structure"):
             del passes[label]
             continue
-        if not prior and "prior" in table:
+        if not prior and "prior" in table:  # a step of its own
             del passes[label]
             continue
+        if not prior:
+            table.get("gradual", {}).pop("prior", None)
         if not distill:
             table.pop("distill", None)
             table.get("gradual", {}).pop("distill", None)

@@ -35,9 +35,19 @@ def one_thread():
 @pytest.fixture(scope="session")
 def speedup_bench():
     """bench/speedup_bench.py as a module (it imports bench/timing.py as `timing`)."""
+    return _bench_module("speedup_bench")
+
+
+@pytest.fixture(scope="session")
+def deep_compression_bench():
+    """bench/deep_compression.py as a module."""
+    return _bench_module("deep_compression")
+
+
+def _bench_module(name: str):
     bench = Path(__file__).resolve().parents[1] / "bench"
     sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("speedup_bench", bench / "speedup_bench.py")
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

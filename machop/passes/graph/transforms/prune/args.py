@@ -135,9 +135,10 @@ class GradualArgs:
     training: dict[str, Any] | None = None
     trainer: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None  # learn from a teacher while pruning (machop.training.DistillArgs)
+    prior: dict[str, Any] | None = None  # train under soft weight-sharing's prior while pruning (PriorArgs)
 
     def validate(self, path: str) -> None:
-        parse_objective_args(self.distill, None, path)
+        parse_objective_args(self.distill, self.prior, path)
         check_range(self.initial_sparsity, join(path, "initial_sparsity"), 0, 1, hi_open=True)
         if (self.ramp_epochs is None) == (self.ramp_steps is None):
             both = "both are given" if self.ramp_epochs is not None else "neither is given"

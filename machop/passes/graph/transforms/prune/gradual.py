@@ -244,13 +244,13 @@ def prune_while_training(
     for t in targets:
         apply_mask(t.weight, torch.ones(t.weight.stored().shape, dtype=torch.bool))
     callback = GradualPruning(gradual, gpath, update)
-    distill, _ = parse_objective_args(gradual.distill, None, gpath)
+    distill, prior = parse_objective_args(gradual.distill, gradual.prior, gpath)
     teacher = find_teacher(graph, distill.teacher, join(gpath, "distill.teacher")) if distill else None
     figures = train_step(graph.model, data, s, training=gradual.training, path=gpath, output_dir=ctx.output_dir,
                          folder=ctx.step or "prune", structure=json.dumps(describe_structure(graph)),
                          test=gradual.test, progress=ctx.progress_bar, callbacks=[callback],
                          keep_best=lambda: callback.final, before_test=finish,
-                         objective=build_objective([], teacher, distill, None))
+                         objective=build_objective(graph.weights(), teacher, distill, prior))
     schedule = callback.summary()
     final = schedule["schedule"][-1] if schedule["schedule"] else None
     logger.info("gradual pruning: %d mask update(s) over steps %s..%s (every %s), final sparsity %s; "

@@ -293,3 +293,21 @@ def test_ch_transform_runs_an_agp_step(tmp_path, monkeypatch, capsys):
     assert agp["test_acc"] == agp["info"]["test_acc"] == pytest.approx(test["info"]["test_acc"])
     assert agp["info"]["layers"]["fc1"]["weight"]["achieved"] == pytest.approx(0.9)
     assert (run / "checkpoints" / "agp" / "best.ckpt").is_file() and (run / "checkpoints" / "01_agp.mz").is_file()
+
+
+def test_a_prior_while_pruning_clusters_the_kept_weights_and_prunes_what_it_claims(data):
+    """``[gradual.prior]``: the final sparsity is reached, the zero component's claims are pruned on top,
+    and the kept weights end nearer to the mixture's means than without the prior."""
+    spread = {}
+    for weight in (0.0, 1.0):
+        graph = _graph(data, max_epochs=3)
+        graph, info = PASSES["prune"](graph, {"weight": {"sparsity": 0.8}, "gradual": {
+            "ramp_epochs": 2, "prior": {"weight": weight, "components": 8}}})
+        pruned = {n: int((~get_mask(graph.model.get_submodule(n))).sum()) for n in LENET300}
+        claimed = info["prior"]["pruned"]
+        assert all(pruned[n] == prune_count(0.8, LENET300[n]) + claimed.get(n, 0) for n in LENET300)
+        means = torch.tensor(info["prior"]["means"])
+        kept = torch.cat([graph.model.get_submodule(n).weight[get_mask(graph.model.get_submodule(n))]
+                          for n in LENET300]).detach()
+        spread[weight] = float((kept[:, None] - means).abs().min(1).values.mean() / kept.abs().mean())
+    assert spread[1.0] < 0.7 * spread[0.0], spread
