@@ -247,15 +247,18 @@ def markdown(results: dict) -> str:
     for key, res in results["models"].items():
         model = key.split(" ")[0]
         lines += model_markdown(key, model, res)
+    lines += ["## LeNet-5: accuracy against file size, and what each part adds", "",
+              "From one dense baseline: `--sweep` ([SWEEP.md](SWEEP.md)), `--ablation` ([ABLATION.md](ABLATION.md)).",
+              "", "![accuracy against size](../imgs/lenet5_accuracy_vs_size.png)", ""]
     return "\n".join(lines)
 
 
 def table_rows(rows: dict, dense_acc: float) -> list[str]:
-    lines = ["| run | test_acc | Δ points | file | ratio |", "|---|---|---|---|---|"]
+    lines = ["| run | test_acc | Δ points | file | ratio | time |", "|---|---|---|---|---|---|"]
     for name, res in rows.items():
         final = res["stages"][-1]
         lines.append(f"| {name} | {final['test_acc']:.4f} | {100 * (final['test_acc'] - dense_acc):+.2f} | "
-                     f"{final['size_bytes']:,} B | {final['ratio']:.1f}x |")
+                     f"{final['size_bytes']:,} B | {final['ratio']:.1f}x | {res['seconds']} s |")
     return lines
 
 
@@ -269,7 +272,8 @@ def plot_sweep(sweep: dict, dense_acc: float, path: Path) -> None:
         ax.plot(*zip(*pts), marker="o", label=pipeline)
     ax.axhline(dense_acc, color="gray", ls="--", lw=1, label=f"dense fp32 ({dense_acc:.4f})")
     ax.axhline(dense_acc - MAX_DROP, color="gray", ls=":", lw=1, label="parity (-0.5 points)")
-    ax.axvline(1_722_000 / 1000 / TARGET_RATIO, color="tab:red", ls=":", lw=1, label=f"{TARGET_RATIO:g}x")
+    dense_bytes = next(iter(next(iter(sweep.values())).values()))["stages"][0]["size_bytes"]
+    ax.axvline(dense_bytes / 1000 / TARGET_RATIO, color="tab:red", ls=":", lw=1, label=f"{TARGET_RATIO:g}x")
     ax.set_xlabel("file size (kB, .mchz on disk)")
     ax.set_ylabel("test_acc")
     ax.set_title("LeNet-5 on Fashion-MNIST: accuracy against file size")
@@ -290,10 +294,14 @@ SWEEP_PIPELINES = {"agp": "agp", "new": "all"}  # each pipeline of the sweep is 
 def rows_markdown(results: dict, rows: dict, sweep: dict, baseline: str) -> str:
     dense_acc = next(iter([*rows.values(), *[r for runs in sweep.values() for r in runs.values()]]))["stages"][0]["test_acc"]
     lines = header(results, "LeNet-5 on Fashion-MNIST: " + ("ablation" if rows else "accuracy against size"))
-    lines += [f"Every run starts from the same dense baseline ({baseline}, test_acc {dense_acc:.4f}); each part of "
-              "the pipeline on or off (`bench/deep_compression.py`'s `variant`): structure (neurons and filters "
-              "removed, keep-bitmaps in the file), prior (soft weight-sharing), distill (distillation from the "
-              "baseline), retrain (retraining-aware sensitivity curves).", ""]
+    shown = Path(baseline).resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    parts = ("each part of the pipeline on or off (`bench/deep_compression.py`'s `variant`): structure (neurons "
+             "and filters removed, keep-bitmaps in the file), prior (soft weight-sharing), distill (distillation "
+             "from the baseline), retrain (retraining-aware sensitivity curves)" if rows else
+             "agp: the pipeline before structure, prior, distillation and retraining-aware curves; new: the shipped "
+             "config with all four; each at several targets (`auto.ratio`)")
+    lines += [f"Every run starts from the same dense baseline (`{shown}`, test_acc {dense_acc:.4f}); {parts}.", ""]
     if rows:
         lines += table_rows(rows, dense_acc) + [""]
     for pipeline, runs in sweep.items():
@@ -305,6 +313,7 @@ def rows_markdown(results: dict, rows: dict, sweep: dict, baseline: str) -> str:
 
 
 def write_rows(out: Path, name: str, results: dict, text: str) -> None:
+    """``docs/NAME.json`` and ``docs/NAME.md``, and the table on stdout."""
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(text)
     print(text)
@@ -370,9 +379,11 @@ def main() -> int:
                         if (r := earlier_run(*ablation_run(row, ratio), folder, baseline))}
              for pipeline, row in SWEEP_PIPELINES.items()}
     if args.ablation is not None:
-        write_rows(out, "ABLATION", results | {"ablation": rows}, rows_markdown(results, rows, {}, baseline))
+        every = results | {"command": "python bench/deep_compression.py --ablation", "ablation": rows}
+        write_rows(out, "ABLATION", every, rows_markdown(every, rows, {}, baseline))
     if args.sweep is not None:
-        write_rows(out, "SWEEP", results | {"sweep": sweep}, rows_markdown(results, {}, sweep, baseline))
+        every = results | {"command": "python bench/deep_compression.py --sweep", "sweep": sweep}
+        write_rows(out, "SWEEP", every, rows_markdown(every, {}, sweep, baseline))
     return 0
 
 
