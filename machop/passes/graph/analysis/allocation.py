@@ -242,8 +242,14 @@ def choose_sparsities(sens: Sensitivity, target: PruneTarget, dense_bytes: int, 
     return allocate(layers, budget=budget)
 
 
-def choose_bits(sens: Sensitivity, max_acc_drop: float, codebook_bits: int | dict[str, int] = 32) -> dict[str, int]:
-    """Per measured weight the k-means width with the smallest coded size within ``max_acc_drop`` in all.
+def choose_bits(sens: Sensitivity, max_acc_drop: float | None = None, codebook_bits: int | dict[str, int] = 32,
+                value_bits: float | None = None) -> dict[str, int]:
+    """Per measured weight a k-means width: exactly one of
+
+    - ``max_acc_drop``: the smallest coded size within that summed accuracy loss;
+    - ``value_bits``: the least summed accuracy loss whose values and codebooks
+      cost at most that many bits per kept weight, all layers together (the
+      budget ``PruneTarget.value_bits`` assumed when it chose the sparsities).
 
     A width costs its kept values at the measured label entropy (what Huffman
     coding approaches) plus its codebook: ``min(2**bits, kept)`` entries of
@@ -259,4 +265,6 @@ def choose_bits(sens: Sensitivity, max_acc_drop: float, codebook_bits: int | dic
         cost = np.array([layer.nonzero * h + min(2**b, layer.nonzero) * entry for b, _, h in layer.bits]) / 8
         loss = monotone_loss([sens.baseline_acc - a for _, a, _ in layer.bits], cost)
         layers.append(Options(layer.name, bits, loss, cost))
-    return allocate(layers, max_loss=max_acc_drop)
+    if value_bits is None:
+        return allocate(layers, max_loss=max_acc_drop)
+    return allocate(layers, budget=value_bits * sum(layer.nonzero for layer in sens.layers if layer.bits) / 8)

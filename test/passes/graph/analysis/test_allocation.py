@@ -160,6 +160,34 @@ def test_choose_bits_counts_the_codebook():
     assert choose_bits(sens, max_acc_drop=0.06) == {"conv1": 3, "fc1": 1}
 
 
+def test_choose_bits_in_a_byte_budget_is_the_least_lossy_choice_that_fits():
+    """``value_bits``: the brute-force best of every width combination whose values and codebooks fit."""
+    rng = np.random.default_rng(3)
+    layers = []
+    for name, weights, kept in (("conv1", 500, 325), ("conv2", 9000, 4000), ("fc1", 40_000, 2000)):
+        accs = 0.9 - np.sort(rng.uniform(0, 0.05, 8))[::-1] * (np.arange(1, 9) < 6)
+        layers.append(curves(name, weights, kept, [], [(b, float(a), b - 0.2) for b, a in zip(range(1, 9), accs)]))
+    sens = Sensitivity(0.9, 2000, "val", layers)
+    kept = sum(layer.nonzero for layer in sens.layers)
+
+    def cost(layer, b):
+        h = dict((w, e) for w, _, e in layer.bits)[b]
+        return (layer.nonzero * h + min(2**b, layer.nonzero) * 16) / 8
+
+    def loss(layer, b):
+        return 0.9 - dict((w, a) for w, a, _ in layer.bits)[b]
+
+    for value_bits in (2.5, 3.0, 4.0, 6.0):
+        chosen = choose_bits(sens, codebook_bits=16, value_bits=value_bits)
+        fits = [c for c in itertools.product(range(1, 9), repeat=3)
+                if sum(cost(l, b) for l, b in zip(sens.layers, c)) <= value_bits * kept / 8]
+        best = min(sum(loss(l, b) for l, b in zip(sens.layers, c)) for c in fits)
+        assert sum(cost(l, chosen[l.name]) for l in sens.layers) <= value_bits * kept / 8
+        assert sum(loss(l, chosen[l.name]) for l in sens.layers) == pytest.approx(best, abs=1e-9)
+    with pytest.raises(InfeasibleBudget, match="over the budget"):
+        choose_bits(sens, codebook_bits=16, value_bits=0.5)
+
+
 def test_prune_targets_are_checked():
     with pytest.raises(ConfigError, match="t: give exactly one of density, size, ratio, max_acc_drop"):
         PruneTarget().validate("t")

@@ -60,11 +60,34 @@ def test_auto_bits_stay_within_the_loss_they_allow(data, trained):
         assert all(a < sens.baseline_acc for b, a, _ in layer.bits if b < chosen)  # no smaller width was free
 
 
+def test_auto_bits_in_a_value_budget_fit_it_in_the_coded_file(data, trained):
+    """``value_bits``: the allocation of the measured curves in that byte budget; a bigger budget, wider codes."""
+    table = {k: v for k, v in AUTO.items() if k != "max_acc_drop"}
+    chosen = {}
+    for value_bits in (1.5, 4.0):
+        graph, info = PASSES["quantize"](graph_of(data, trained), table | {"value_bits": value_bits})
+        sens = Sensitivity.from_json(info["sensitivity"])
+        bits = choose_bits(sens, codebook_bits=16, value_bits=value_bits)
+        assert info["allocation"] == {"value_bits": value_bits, "bits": bits}
+        entropy = {layer.name: {b: h for b, _, h in layer.bits} for layer in sens.layers}
+        values = sum(layer.nonzero * entropy[layer.name][bits[layer.name]] for layer in sens.layers)
+        assert values <= value_bits * sum(layer.nonzero for layer in sens.layers)
+        for name, b in bits.items():
+            codes = weight_codes(*next((w.module, w.tensor_name) for w in graph.weights() if w.name == name))
+            assert codes.bits == b
+        chosen[value_bits] = bits
+    assert sum(chosen[1.5].values()) < sum(chosen[4.0].values())
+
+
 def test_auto_bits_need_data_and_valid_options(trained):
     with pytest.raises(RuntimeError, match="pass 'quantize' needs data"):
         PASSES["quantize"](MaseGraph(SmallCNN()), AUTO)
     with pytest.raises(ConfigError, match=r"passes.quantize.max_acc_drop: must be in \[0, 1\], got 1.5"):
         PASSES["quantize"](MaseGraph(SmallCNN()), AUTO | {"max_acc_drop": 1.5})
+    with pytest.raises(ConfigError, match=r"passes.quantize.value_bits: give max_acc_drop or value_bits, not both"):
+        PASSES["quantize"](MaseGraph(SmallCNN()), AUTO | {"value_bits": 3})
+    with pytest.raises(ConfigError, match=r"passes.quantize.value_bits: must be in \(0, 32\], got 0.0"):
+        PASSES["quantize"](MaseGraph(SmallCNN()), {"by": "type", "value_bits": 0})
 
 
 def masks(graph: MaseGraph) -> dict[str, torch.Tensor]:

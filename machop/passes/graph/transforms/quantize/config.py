@@ -7,6 +7,7 @@
     side = "float32"                  # optional; "float16" | "bfloat16": round every other float parameter
                                       # (biases, norm affine parameters) to it, stored so in the .mchz file
     max_acc_drop = 0.002              # optional; weight_bits = "auto": the summed accuracy loss allowed
+    value_bits = 3.0                  # optional, instead of max_acc_drop: bits per kept weight the values may cost
     samples = 2000                    # optional; weight_bits = "auto": validation images measured
     calibration_samples = 256         # optional; data_in_frac_width = "auto": training inputs calibrated on
 
@@ -72,7 +73,11 @@ shared alone at each width and evaluated on ``samples`` validation images
 smallest coded size whose summed accuracy loss stays within
 ``max_acc_drop`` are taken (`allocation.choose_bits`; a width costs its
 kept values at their label entropy plus its codebook, so a 256-entry
-codebook never goes to a 325-weight layer). The pass's info holds the
+codebook never goes to a 325-weight layer). With ``value_bits`` instead,
+the budget is in bytes: the widths with the least summed loss whose values
+and codebooks average at most ``value_bits`` per kept weight, so the file
+lands where a prune step's ``auto.value_bits`` planned it, whatever the
+curves' noise. The pass's info holds the
 curves and the choice, and the run's ``config.toml`` gets the table
 written out per layer (``by = "name"``), so the run repeats exactly.
 
@@ -109,7 +114,7 @@ ARITHMETICS = ("integer", "kmeans")
 MAX_KMEANS_BITS = 16
 AUTO = "auto"  # weight_bits chosen by the pass
 AUTO_BITS = tuple(range(1, 9))  # the widths weight_bits = "auto" chooses from
-SCALARS = ("side", "max_acc_drop", "samples", "calibration_samples")  # [passes.quantize] options that are not rules
+SCALARS = ("side", "max_acc_drop", "value_bits", "samples", "calibration_samples")  # [passes.quantize] options that are not rules
 FloatFormat = Literal["float32", "float16", "bfloat16"]  # machop.nn.FLOAT_FORMATS (a test keeps them equal)
 
 
@@ -203,8 +208,13 @@ class QuantizeArgs:
     path: str = "passes.quantize"
     side: str = "float32"  # FloatFormat of every other float parameter (see the module docstring)
     max_acc_drop: float = 0.002  # weight_bits = "auto": summed accuracy loss allowed
+    value_bits: float | None = None  # weight_bits = "auto", instead of max_acc_drop: bits per kept weight for values
     samples: int = 2000  # weight_bits = "auto": validation images measured
     calibration_samples: int = 256  # data_in_frac_width = "auto": training inputs the input ranges are taken from
+
+    def bits_limit(self) -> dict[str, float]:
+        """What ``weight_bits = "auto"`` keeps within: ``{"value_bits": ...}`` if given, else ``{"max_acc_drop": ...}``."""
+        return {"max_acc_drop": self.max_acc_drop} if self.value_bits is None else {"value_bits": self.value_bits}
 
     def patterns(self) -> dict[str, re.Pattern]:
         return {key: re.compile(key) for key in self.rules} if self.by == "regex_name" else {}
@@ -251,6 +261,12 @@ def parse_quantize_args(pass_args: dict | None, path: str = "passes.quantize") -
     if "max_acc_drop" in pass_args and not isinstance(pass_args["max_acc_drop"], dict):
         args.max_acc_drop = convert(float, pass_args["max_acc_drop"], join(path, "max_acc_drop"))
         check_range(args.max_acc_drop, join(path, "max_acc_drop"), 0, 1)
+    if "value_bits" in pass_args and not isinstance(pass_args["value_bits"], dict):
+        if "max_acc_drop" in pass_args and not isinstance(pass_args["max_acc_drop"], dict):
+            raise ConfigError(join(path, "value_bits"), "give max_acc_drop or value_bits, not both")
+        args.value_bits = convert(float, pass_args["value_bits"], join(path, "value_bits"))
+        if not 0 < args.value_bits <= 32:
+            raise ConfigError(join(path, "value_bits"), f"must be in (0, 32], got {args.value_bits}")
     if "samples" in pass_args and not isinstance(pass_args["samples"], dict):
         args.samples = convert(int, pass_args["samples"], join(path, "samples"))
         check_range(args.samples, join(path, "samples"), 1, 10_000_000)

@@ -336,12 +336,12 @@ def choose_auto_bits(graph: MaseGraph, args: QuantizeArgs,
     sens = measure_sensitivity(graph, [w for w, _ in auto], sparsities=(), bits=AUTO_BITS, samples=args.samples,
                                progress=graph.context.progress_bar)
     codebook_bits = {w.name: 32 if cfg.codebook == "float32" else 16 for w, cfg in auto}
+    (key, limit), = args.bits_limit().items()
     try:
-        chosen = choose_bits(sens, args.max_acc_drop, codebook_bits)
+        chosen = choose_bits(sens, codebook_bits=codebook_bits, **args.bits_limit())
     except InfeasibleBudget as e:
-        raise ConfigError(join(args.path, "max_acc_drop"), f"no k-means widths (1-8) stay within it: {e}") from None
-    logger.info("weight_bits = auto (summed loss within %g): %s", args.max_acc_drop,
-                ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
+        raise ConfigError(join(args.path, key), f"no k-means widths (1-8) stay within it: {e}") from None
+    logger.info("weight_bits = auto (%s %g): %s", key, limit, ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
     return chosen, sens
 
 
@@ -450,7 +450,7 @@ def quantize_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> 
     if args.side != "float32":
         info["side"] = {"format": args.side, "tensors": side}
     if sens is not None:
-        info |= {"sensitivity": sens.to_json(), "allocation": {"max_acc_drop": args.max_acc_drop, "bits": auto_bits}}
+        info |= {"sensitivity": sens.to_json(), "allocation": args.bits_limit() | {"bits": auto_bits}}
     auto_fracs = {w.name: fracs[w.name] for w, cfg in plan if isinstance(cfg, IntegerConfig) and cfg.has_auto()}
     if auto_fracs:
         logger.info("frac widths = auto: %s", ", ".join(
