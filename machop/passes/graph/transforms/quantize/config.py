@@ -114,7 +114,8 @@ ARITHMETICS = ("integer", "kmeans")
 MAX_KMEANS_BITS = 16
 AUTO = "auto"  # weight_bits chosen by the pass
 AUTO_BITS = tuple(range(1, 9))  # the widths weight_bits = "auto" chooses from
-SCALARS = ("side", "max_acc_drop", "value_bits", "samples", "calibration_samples")  # [passes.quantize] options that are not rules
+# [passes.quantize] options that are not rules
+SCALARS = ("side", "max_acc_drop", "value_bits", "samples", "calibration_samples")
 FloatFormat = Literal["float32", "float16", "bfloat16"]  # machop.nn.FLOAT_FORMATS (a test keeps them equal)
 
 

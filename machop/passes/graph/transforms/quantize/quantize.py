@@ -338,7 +338,7 @@ def choose_auto_bits(graph: MaseGraph, args: QuantizeArgs,
     codebook_bits = {w.name: 32 if cfg.codebook == "float32" else 16 for w, cfg in auto}
     (key, limit), = args.bits_limit().items()
     try:
-        chosen = choose_bits(sens, codebook_bits=codebook_bits, **args.bits_limit())
+        chosen = choose_bits(sens, codebook_bits=codebook_bits, **{key: limit})
     except InfeasibleBudget as e:
         raise ConfigError(join(args.path, key), f"no k-means widths (1-8) stay within it: {e}") from None
     logger.info("weight_bits = auto (%s %g): %s", key, limit, ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
