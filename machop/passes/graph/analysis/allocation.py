@@ -256,10 +256,11 @@ def choose_bits(sens: Sensitivity, max_acc_drop: float | None = None, codebook_b
     ``codebook_bits`` (one for all, or per layer name; a 256-entry codebook
     does not pay for a 325-weight layer).
     """
-    layers = []
+    layers, kept = [], 0
     for layer in sens.layers:
         if not layer.bits:
             continue
+        kept += layer.nonzero
         entry = codebook_bits if isinstance(codebook_bits, int) else codebook_bits[layer.name]
         bits = [b for b, _, _ in layer.bits]
         cost = np.array([layer.nonzero * h + min(2**b, layer.nonzero) * entry for b, _, h in layer.bits]) / 8
@@ -267,4 +268,4 @@ def choose_bits(sens: Sensitivity, max_acc_drop: float | None = None, codebook_b
         layers.append(Options(layer.name, bits, loss, cost))
     if value_bits is None:
         return allocate(layers, max_loss=max_acc_drop)
-    return allocate(layers, budget=value_bits * sum(layer.nonzero for layer in sens.layers if layer.bits) / 8)
+    return allocate(layers, budget=value_bits * kept / 8)

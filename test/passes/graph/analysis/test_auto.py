@@ -60,7 +60,7 @@ def test_auto_bits_stay_within_the_loss_they_allow(data, trained):
         assert all(a < sens.baseline_acc for b, a, _ in layer.bits if b < chosen)  # no smaller width was free
 
 
-def test_auto_bits_in_a_value_budget_fit_it_in_the_coded_file(data, trained):
+def test_auto_bits_in_a_value_budget_are_its_allocation_and_widen_with_it(data, trained):
     """``value_bits``: the allocation of the measured curves in that byte budget; a bigger budget, wider codes."""
     table = {k: v for k, v in AUTO.items() if k != "max_acc_drop"}
     chosen = {}

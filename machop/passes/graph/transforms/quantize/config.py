@@ -7,7 +7,7 @@
     side = "float32"                  # optional; "float16" | "bfloat16": round every other float parameter
                                       # (biases, norm affine parameters) to it, stored so in the .mchz file
     max_acc_drop = 0.002              # optional; weight_bits = "auto": the summed accuracy loss allowed
-    value_bits = 3.0                  # optional, instead of max_acc_drop: bits per kept weight the values may cost
+    value_bits = 3.0                  # optional, instead of max_acc_drop: bits per kept weight for values + codebooks
     samples = 2000                    # optional; weight_bits = "auto": validation images measured
     calibration_samples = 256         # optional; data_in_frac_width = "auto": training inputs calibrated on
 
@@ -214,7 +214,7 @@ class QuantizeArgs:
     calibration_samples: int = 256  # data_in_frac_width = "auto": training inputs the input ranges are taken from
 
     def bits_limit(self) -> dict[str, float]:
-        """What ``weight_bits = "auto"`` keeps within: ``{"value_bits": ...}`` if given, else ``{"max_acc_drop": ...}``."""
+        """What ``weight_bits = "auto"`` keeps within: ``{"value_bits": v}`` if given, else ``{"max_acc_drop": d}``."""
         return {"max_acc_drop": self.max_acc_drop} if self.value_bits is None else {"value_bits": self.value_bits}
 
     def patterns(self) -> dict[str, re.Pattern]:

@@ -341,7 +341,8 @@ def choose_auto_bits(graph: MaseGraph, args: QuantizeArgs,
         chosen = choose_bits(sens, codebook_bits=codebook_bits, **{key: limit})
     except InfeasibleBudget as e:
         raise ConfigError(join(args.path, key), f"no k-means widths (1-8) stay within it: {e}") from None
-    logger.info("weight_bits = auto (%s %g): %s", key, limit, ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
+    logger.info("weight_bits = auto (%s %g): %s", key, limit,
+                ", ".join(f"{name} {bits}" for name, bits in chosen.items()))
     return chosen, sens
 
 
