@@ -10,6 +10,8 @@ sampler, so Lightning can swap in a ``DistributedSampler`` under DDP.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -24,26 +26,34 @@ logger = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
-    """uint8 images ``(N, C, H, W)`` with int64 labels ``(N,)``; batched indexing via ``__getitems__``."""
+    """uint8 images ``(N, C, H, W)`` with int64 labels ``(N,)``; batched indexing via ``__getitems__``.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    ``targets`` (``(N, ...)``, optional): a third item per sample, e.g. a
+    frozen teacher's logits worked out once (`MaseDataModule.train_targets`).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-        self.images, self.labels = images, labels.to(torch.int64)
+        if targets is not None and (targets.dim() < 1 or targets.shape[0] != images.shape[0]):
+            raise ValueError(f"targets must have {images.shape[0]} rows, got {tuple(targets.shape)}")
+        self.images, self.labels, self.targets = images, labels.to(torch.int64), targets
         # numpy views of the same memory: numpy indexing is single-threaded (see transforms.py)
         self._images, self._labels = self.images.numpy(), self.labels.numpy()
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        item = self.images[index], self.labels[index]
+        return item if self.targets is None else (*item, self.targets[index])
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         idx = np.asarray(indices, dtype=np.int64)
-        return torch.from_numpy(self._images[idx]), torch.from_numpy(self._labels[idx])
+        batch = torch.from_numpy(self._images[idx]), torch.from_numpy(self._labels[idx])
+        return batch if self.targets is None else (*batch, self.targets[torch.from_numpy(idx)])
 
 
 class MaseDataModule(pl.LightningDataModule):
@@ -151,6 +161,29 @@ class MaseDataModule(pl.LightningDataModule):
         self._ensure_setup()
         images, labels = self.train_set.images[:n], self.train_set.labels[:n]
         return normalize(images, self.spec.mean, self.spec.std), labels.clone()
+
+    @contextmanager
+    def train_targets(self, compute: Callable[[torch.Tensor], torch.Tensor],
+                      batch_size: int = 1024) -> Iterator[bool]:
+        """Within the block, training batches are ``(x, y, compute(x))``, ``compute`` run once per training image
+        on entering rather than on every batch of every epoch (a frozen teacher's logits).
+
+        Yields False and changes nothing when ``augment`` is on: then an
+        image's input differs from epoch to epoch and nothing can be reused.
+        """
+        self._ensure_setup()
+        if self.augment:
+            yield False
+            return
+        images = self.train_set.images
+        with torch.no_grad():
+            targets = torch.cat([compute(normalize(images[i:i + batch_size], self.spec.mean, self.spec.std)).cpu()
+                                 for i in range(0, len(images), batch_size)])
+        self.train_set.targets = targets
+        try:
+            yield True
+        finally:
+            self.train_set.targets = None
 
     def dummy_input(self, batch: int = 1) -> torch.Tensor:
         """A zero float batch ``(batch, C, H, W)`` of the data set's shape, for tracing and shape metadata."""

@@ -62,10 +62,11 @@ def _rank() -> int:
 
 
 class BatchTransform:
-    """The DataLoader collate function: a uint8 batch → (normalised float32 images, int64 labels).
+    """The DataLoader collate function: a uint8 batch → (normalised float32 images, int64 labels[, targets]).
 
-    Takes what ``ImageDataset.__getitems__`` returns (an ``(images, labels)``
-    pair) or a list of single samples. With ``augment``, applies
+    Takes what ``ImageDataset.__getitems__`` returns (``(images, labels)``, or
+    with the data set's per-sample targets a third item, passed through) or a
+    list of single samples. With ``augment``, applies
     `random_crop_flip` first. Its generator is seeded from ``seed`` (and the
     DDP rank) in the main process and from the DataLoader's per-worker seed in
     worker processes, so runs repeat and workers draw different crops.
@@ -88,12 +89,13 @@ class BatchTransform:
             self._generator_key = key
         return self._generator
 
-    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
-            images, labels = batch
-        else:  # a list of (image, label) samples
+    def __call__(self, batch) -> tuple[torch.Tensor, ...]:
+        if isinstance(batch, tuple) and len(batch) in (2, 3) and isinstance(batch[0], torch.Tensor):
+            images, labels, *targets = batch
+        else:  # a list of (image, label) or (image, label, target) samples
             images = torch.stack([s[0] for s in batch])
             labels = torch.as_tensor([int(s[1]) for s in batch], dtype=torch.int64)
+            targets = [torch.stack([s[2] for s in batch])] if len(batch[0]) == 3 else []
         if self.augment:
             images = random_crop_flip(images, self.padding, self.generator())
-        return normalize(images, self.mean, self.std), labels
+        return normalize(images, self.mean, self.std), labels, *targets

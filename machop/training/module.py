@@ -49,12 +49,12 @@ class MaseLightningModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.model(x))
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x, y, *teacher_logits = batch  # a third item: the teacher's logits, worked out before training
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         if stage == "train" and self.objective is not None:
-            parts = self.objective.loss(loss, logits, x)
+            parts = self.objective.loss(loss, logits, x, *teacher_logits)
             loss = parts.pop("loss")
             for name, value in parts.items():
                 self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=len(y))

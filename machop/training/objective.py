@@ -1,6 +1,8 @@
 """What a train step minimises beyond cross-entropy: distillation from a teacher, soft weight-sharing's prior.
 
-Both are tables of any step that trains (``[passes.X.distill]``,
+The teacher's logits come with the batch when the data module worked them
+out once before training (`MaseDataModule.train_targets`), else the teacher
+runs on the batch. Both are tables of any step that trains (``[passes.X.distill]``,
 ``[passes.X.prior]``, and the same under a prune step's ``gradual``):
 
 ```toml
@@ -100,15 +102,21 @@ class Objective(nn.Module):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0] if self._teacher else None
 
-    def loss(self, ce: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for inputs ``x`` (eval mode, no gradient), on ``x``'s device."""
+        with torch.no_grad():
+            return logits_of(self.teacher.to(x.device).eval()(x))
+
+    def loss(self, ce: torch.Tensor, logits: torch.Tensor, x: torch.Tensor,
+             teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``{"loss": the training loss, ...its parts}`` for a batch ``x`` with the student's ``logits`` and
-        cross-entropy ``ce``."""
+        cross-entropy ``ce``; ``teacher_logits``: the teacher's for ``x`` if already known."""
         out = {"loss": ce}
         if self.teacher is not None:
             t = self.distill.temperature
-            with torch.no_grad():
-                self.teacher.to(logits.device).eval()
-                soft = F.softmax(logits_of(self.teacher(x)) / t, dim=1)
+            if teacher_logits is None:
+                teacher_logits = self.teacher_logits(x)
+            soft = F.softmax(teacher_logits.to(logits.device, logits.dtype) / t, dim=1)
             kl = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * t * t
             out["distill_loss"] = kl
             out["loss"] = (1 - self.distill.weight) * ce + self.distill.weight * kl

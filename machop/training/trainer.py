@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -114,6 +115,32 @@ class _ValidateAtMaxSteps(pl.Callback):
             trainer.should_stop = True
 
 
+class _TeacherOnce(pl.Callback):
+    """Work out the teacher's logits for every training image once, on the training device, before the first epoch.
+
+    For a data module with ``train_targets`` (`MaseDataModule`) whose
+    training images do not change between epochs; otherwise the teacher
+    runs on every batch, as `Objective.loss` does without them.
+    """
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self._attached = ExitStack()
+
+    def setup(self, trainer, module, stage) -> None:
+        own = getattr(trainer.datamodule, "train_targets", None)
+        if stage == "fit" and callable(own):
+            device = trainer.strategy.root_device
+            if self._attached.enter_context(own(lambda x: self.objective.teacher_logits(x.to(device)))):
+                logger.info("distillation: the teacher's logits of the training images worked out once")
+
+    def teardown(self, trainer, module, stage) -> None:
+        self._attached.close()
+
+    def on_exception(self, trainer, module, exception) -> None:
+        self._attached.close()
+
+
 class _BestInMemory(pl.Callback):
     """Keep a CPU copy of the state dict with the best ``val_acc`` (no file written).
 
@@ -182,6 +209,8 @@ def fit(
     module = MaseLightningModule(model, s.learning_rate, s.optimizer, s.weight_decay, s.max_epochs, structure,
                                  objective)
     callbacks = [*(callbacks or []), best := _BestInMemory(keep_best), _ValidateAtMaxSteps()]
+    if objective is not None and objective.teacher is not None:
+        callbacks.append(_TeacherOnce(objective))
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = _GatedCheckpoint(keep_best, dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",

@@ -19,7 +19,7 @@ from machop.nn import MixturePrior, apply_mask, compressible_weights, get_mask, 
 from machop.passes.graph import PASSES
 from machop.passes.graph.analysis.sensitivity import measure_sensitivity
 from machop.passes.graph.transforms.train import parse_train_args
-from machop.training import DataLoaders, DistillArgs, Objective, PriorArgs, build_objective
+from machop.training import DataLoaders, DistillArgs, Objective, PriorArgs, build_objective, fit
 from zoo.models import ZOO
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +174,49 @@ def test_a_run_distills_and_trains_under_the_prior_keeping_masks(data):
     assert _distortion(graph) < 0.7 * start, (start, _distortion(graph))  # the kept weights are more clustered
     for k, v in teacher.state_dict().items():  # the teacher did not train
         assert torch.equal(v, graph.context.teacher.state_dict()[k])
+
+
+class _Counted(nn.Module):
+    """A teacher that counts the images it has seen."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.seen = inner, 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.inner(x)
+
+
+def test_the_teacher_runs_once_per_training_image_and_trains_the_student_as_if_on_every_batch():
+    torch.manual_seed(1)
+    teacher = get_model("lenet300", MaseDataModule("fashion_mnist").info).eval()
+    s = TrainSettings(accelerator="cpu", max_epochs=2, learning_rate=1e-3)
+    students, seen = [], []
+    for cached in (True, False):
+        dm = MaseDataModule("fashion_mnist", batch_size=64, train_limit=1000, test_limit=200, seed=3)
+        dm.setup()
+        data = dm if cached else DataLoaders(dm.train_dataloader(), dm.val_dataloader())  # no train_targets
+        torch.manual_seed(0)
+        student, counted = get_model("lenet300", dm.info), _Counted(teacher)
+        fit(student, data, s, progress=False, objective=Objective(counted, DistillArgs(weight=0.7)))
+        students.append(student.state_dict())
+        seen.append(counted.seen)
+        assert dm.train_set.targets is None  # detached after training
+    assert seen == [900, 2 * 900]  # 900 training images after the validation split
+    for k, v in students[0].items():
+        assert torch.allclose(v, students[1][k], atol=1e-5), k
+
+
+def test_augmented_data_gets_no_reused_teacher_outputs():
+    dm = MaseDataModule("fashion_mnist", batch_size=64, train_limit=300, augment=True)
+    with dm.train_targets(lambda x: x.flatten(1)[:, :3]) as reused:
+        assert not reused and len(next(iter(dm.train_dataloader()))) == 2
+    dm.augment = False
+    with dm.train_targets(lambda x: x.flatten(1)[:, :3]) as reused:
+        x, y, t = next(iter(dm.train_dataloader()))
+        assert reused and torch.equal(t, x.flatten(1)[:, :3])  # each batch's targets are its own images'
+    assert len(next(iter(dm.train_dataloader()))) == 2
 
 
 def test_retrained_sensitivity_recovers_accuracy_and_leaves_the_model_as_it_was(data):
