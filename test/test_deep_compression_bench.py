@@ -38,3 +38,25 @@ def test_every_ablation_row_is_a_valid_config_with_exactly_its_parts(row, deep_c
     assert passes["huffman"].get("live_maps", True) == switches["structure"]
     if row == "all":  # every part on is the shipped pipeline
         assert bench.variant(shipped, **switches) == shipped
+
+
+def _run(dense: float, final: float, ratio: float) -> dict:
+    return {"stages": [{"test_acc": dense, "ratio": 1.0}, {"test_acc": final, "ratio": ratio}]}
+
+
+def test_seed_summary_counts_the_seeds_at_parity_and_agrees_with_each_runs_check(deep_compression_bench):
+    bench = deep_compression_bench
+    models = {"lenet300": _run(0.89, 0.80, 50.0),  # not a LeNet-5 seed: left out
+              "lenet5": _run(0.9164, 0.9114, 111.4),  # -0.50 points: on the line, held
+              "lenet5 seed 1": _run(0.9150, 0.9070, 120.0),  # -0.80 points
+              "lenet5 seed 2": _run(0.9150, 0.9140, 99.0)}  # within half a point, under 100x
+    text = "\n".join(bench.seeds_markdown(models))
+    assert "1 of 3 seeds hold 100x within 0.5 points" in text
+    assert "Δ mean -0.47 points, -0.80 to -0.10" in text
+    assert "lenet300" not in text
+    rows = {line.split(" | ")[0][2:]: line.endswith("| yes |") for line in text.splitlines() if "| lenet5" in line}
+    assert rows == {"lenet5": True, "lenet5 seed 1": False, "lenet5 seed 2": False}
+    for key, held in rows.items():  # the same test as each run's own check (ratio and points; not the dense floor)
+        checks = bench.verdict("lenet5", models[key]).split("; ")[:2]
+        assert held == all(c.startswith("ok") for c in checks)
+    assert bench.seeds_markdown({"lenet5": models["lenet5"]}) == []  # one seed: nothing to compare
