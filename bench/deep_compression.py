@@ -7,7 +7,7 @@ file's bytes are, and per layer the position bits per kept weight beside the
 i.i.d. bound ``H(d)/d``, to ``docs/RESULTS.md`` and ``docs/RESULTS.json``.
 
     python bench/deep_compression.py [--models lenet300 lenet5] [--seeds 0 1]   # rows it runs replace RESULTS.json's
-    python bench/deep_compression.py --rewrite   # RESULTS.md again from the runs kept in --project-dir, running none
+    python bench/deep_compression.py --rewrite   # RESULTS.md again from RESULTS.json and the kept runs, running none
     python bench/deep_compression.py --ablation [ROW ...]   # LeNet-5: what each part adds, alone and together
     python bench/deep_compression.py --sweep [agp new]      # LeNet-5: accuracy against file size, both pipelines
 
@@ -362,7 +362,8 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="LeNet-5 runs at each of these seeds (the config's is 0)")
     parser.add_argument("--rewrite", action="store_true",
-                        help="run nothing: write RESULTS.md and RESULTS.json from the runs kept in --project-dir")
+                        help="run nothing: write RESULTS.md and RESULTS.json again from RESULTS.json's runs and "
+                             "those kept in --project-dir")
     parser.add_argument("--ablation", nargs="*", choices=list(ABLATION_ROWS),
                         help="LeNet-5: each part alone and together (default: every row); rows already run are "
                              "kept, so two processes may share the rows")
@@ -389,11 +390,12 @@ def main() -> int:
                 res = run(ROOT / CONFIGS[model], project / key.replace(" ", "_"), *extra)
                 res |= {"key": key, "date": time.strftime("%Y-%m-%d"), "nncodec": nncodec(res["file"])}
                 (project / f"{key.replace(' ', '_')}.json").write_text(json.dumps(res, indent=2) + "\n")
-        # every model run so far (another process may be running the others)
-        results["models"] = {r["key"]: r for r in sorted((json.loads(f.read_text()) for f in project.glob("*.json")),
-                                                         key=lambda r: r["key"])}
+        # RESULTS.json's runs, replaced by every run kept so far (another process may be running the others)
+        earlier = json.loads((out / "RESULTS.json").read_text())["models"] if (out / "RESULTS.json").is_file() else {}
+        kept = {r["key"]: r for r in (json.loads(f.read_text()) for f in project.glob("*.json"))}
+        results["models"] = dict(sorted((earlier | kept).items()))
         if not results["models"]:
-            parser.error(f"no runs kept in {project} to write")
+            parser.error(f"no runs in {out / 'RESULTS.json'} or kept in {project} to write")
         results["rewritten"] = args.rewrite
         (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "RESULTS.md").write_text(markdown(results))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import tomllib
 from pathlib import Path
 
@@ -60,3 +62,25 @@ def test_seed_summary_counts_the_seeds_at_parity_and_agrees_with_each_runs_check
         checks = bench.verdict("lenet5", models[key]).split("; ")[:2]
         assert held == all(c.startswith("ok") for c in checks)
     assert bench.seeds_markdown({"lenet5": models["lenet5"]}) == []  # one seed: nothing to compare
+
+
+def test_rewrite_keeps_the_runs_of_results_json_and_replaces_those_run_again(deep_compression_bench, tmp_path,
+                                                                              monkeypatch, capsys):
+    bench = deep_compression_bench
+    shipped = json.loads((ROOT / "docs" / "RESULTS.json").read_text())["models"]
+    out, project = tmp_path / "docs", tmp_path / "runs"
+    out.mkdir()
+    project.mkdir()
+    (out / "RESULTS.json").write_text(json.dumps({"models": {k: shipped[k] for k in ("lenet300", "lenet5")}}))
+    again = shipped["lenet5"] | {"date": "2030-01-01"}  # lenet5 run again (a fresh machine keeps no other run)
+    (project / "lenet5.json").write_text(json.dumps(again))
+    (project / "lenet5_seed_1.json").write_text(json.dumps(shipped["lenet5 seed 1"]))
+    monkeypatch.setattr(sys, "argv", ["deep_compression.py", "--rewrite", "--out", str(out),
+                                      "--project-dir", str(project)])
+    assert bench.main() == 0
+    capsys.readouterr()
+    written = json.loads((out / "RESULTS.json").read_text())["models"]
+    assert list(written) == ["lenet300", "lenet5", "lenet5 seed 1"]
+    assert written["lenet300"] == shipped["lenet300"] and written["lenet5"]["date"] == "2030-01-01"
+    text = (out / "RESULTS.md").read_text()
+    assert "## lenet300 (" in text and "2030-01-01" in text and "2 of 2 seeds hold" in text
