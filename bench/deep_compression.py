@@ -130,15 +130,20 @@ def within_drop(res: dict) -> bool:
     return -drop_points(res) <= 100 * MAX_DROP + 1e-6
 
 
+def at_ratio(res: dict) -> bool:
+    """The file at least `TARGET_RATIO` smaller than the dense fp32 model."""
+    return res["stages"][-1]["ratio"] >= TARGET_RATIO
+
+
 def at_parity(res: dict) -> bool:
     """At least `TARGET_RATIO` within `MAX_DROP` of the run's dense baseline."""
-    return res["stages"][-1]["ratio"] >= TARGET_RATIO and within_drop(res)
+    return at_ratio(res) and within_drop(res)
 
 
 def verdict(model: str, res: dict) -> str:
     """Whether the run shows what we aim at: the ratio, accuracy parity, a dense baseline no weaker than before."""
     dense, final = res["stages"][0], res["stages"][-1]
-    checks = [(final["ratio"] >= TARGET_RATIO, f"{final['ratio']:.1f}x >= {TARGET_RATIO:g}x"),
+    checks = [(at_ratio(res), f"{final['ratio']:.1f}x >= {TARGET_RATIO:g}x"),
               (within_drop(res), f"{drop_points(res):+.2f} points >= {-100 * MAX_DROP:g}"),
               (dense["test_acc"] >= DENSE_FLOOR[model], f"dense {dense['test_acc']:.4f} >= {DENSE_FLOOR[model]}")]
     return "; ".join(("ok: " if ok else "MISSED: ") + text for ok, text in checks)
@@ -397,9 +402,7 @@ def main() -> int:
         if not results["models"]:
             parser.error(f"no runs in {out / 'RESULTS.json'} or kept in {project} to write")
         results["rewritten"] = args.rewrite
-        (out / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "RESULTS.md").write_text(markdown(results))
-        print(markdown(results))
+        write_rows(out, "RESULTS", results, markdown(results))
         return 0
     baseline = args.baseline or json.loads((out / "RESULTS.json").read_text())["models"]["lenet5"]["baseline_checkpoint"]
     config = tomllib.loads((ROOT / CONFIGS["lenet5"]).read_text())
