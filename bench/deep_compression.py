@@ -159,8 +159,9 @@ def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrai
             ratio: float | None = None) -> dict:
     """The shipped pipeline with each part on or off: ``structure`` (neurons and filters removed before the
     gradual step, and keep-bitmaps in the file), ``prior`` (soft weight-sharing: the config's, in the gradual
-    step or a step of its own, or else `PRIOR_STEP` before quantize), ``distill`` (every ``distill`` table),
-    ``retrain`` (retraining-aware sensitivity curves); ``ratio`` replaces the target."""
+    step or a step of its own, or else `PRIOR_STEP` before quantize), ``distill`` (every ``distill`` table and
+    the baseline step's extra ``teachers``), ``retrain`` (retraining-aware sensitivity curves); ``ratio``
+    replaces the target."""
     c = copy.deepcopy(config)
     if prior and not any("prior" in t or "prior" in t.get("gradual", {}) for t in c["passes"].values()):
         step = copy.deepcopy(PRIOR_STEP) | ({"distill": {"teacher": "baseline"}} if distill else {})
@@ -180,6 +181,7 @@ def variant(config: dict, *, structure: bool, prior: bool, distill: bool, retrai
             table.get("gradual", {}).pop("prior", None)
         if not distill:
             table.pop("distill", None)
+            table.pop("teachers", None)
             table.get("gradual", {}).pop("distill", None)
         auto = table.get("weight", {}).get("auto")
         if auto is not None:

@@ -34,6 +34,7 @@ def test_every_ablation_row_is_a_valid_config_with_exactly_its_parts(row, deep_c
     assert ("structure" in passes and "shrink" in passes) == switches["structure"]
     assert any("prior" in t for t in _tables(config)) == switches["prior"]
     assert any("distill" in t for t in _tables(config)) == switches["distill"]
+    assert switches["distill"] or all(t.get("teachers", 1) == 1 for t in _tables(config))  # none to learn from
     (auto,) = [t["weight"]["auto"] for t in passes.values() if "auto" in t.get("weight", {})]
     assert auto["ratio"] == 130
     assert (auto["retrain_steps"] > 0) == switches["retrain"]

@@ -1,25 +1,60 @@
-"""The teacher a train step distills from: the run's dense baseline, or a checkpoint of the same registry model."""
+"""The teacher a train step distills from: the run's dense baseline (alone, or with more dense models trained
+beside it: an ensemble), or a checkpoint of the same registry model."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from machop.config import ConfigError
 from machop.models import get_model
+from machop.training import logits_of
 
 from .graph import MaseGraph, copy_model
 from .serialize import load_weights
 
+logger = logging.getLogger(__name__)
+
 LOAD_TYPES = {".ckpt": "pl", ".mz": "mz"}  # anything else is read as a torch state dict ("pt")
 
 
-def keep_teacher(graph: MaseGraph) -> None:
-    """Remember ``graph``'s model as it is now (a frozen copy) as the run's dense baseline."""
-    teacher = copy_model(graph.model).eval()
-    teacher.requires_grad_(False)
-    graph.context.teacher = teacher
+class Ensemble(nn.Module):
+    """Models that teach together: the mean of their logits (Hinton et al. 2015 distil an ensemble)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return torch.stack([logits_of(m(*args, **kwargs)) for m in self.members]).mean(dim=0)
+
+
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every module's ``reset_parameters`` run under ``seed`` (the global RNG is left
+    as it was): the same architecture, newly initialised. Parameters of modules without one keep their values."""
+    copy = copy_model(model)
+    kept = [name or "(the model)" for name, m in copy.named_modules()
+            if not hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+    if kept:
+        logger.warning("a fresh copy keeps the trained values of %s (no reset_parameters)", ", ".join(kept))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in copy.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return copy
+
+
+def keep_teacher(graph: MaseGraph, others: list[nn.Module] = ()) -> None:
+    """Remember ``graph``'s model as it is now (a frozen copy) as the run's dense baseline; with ``others``
+    (more trained dense models), later steps learn from the `Ensemble` of the baseline and them."""
+    teacher = copy_model(graph.model)
+    if others:
+        teacher = Ensemble([teacher, *others])
+    graph.context.teacher = teacher.eval().requires_grad_(False)
 
 
 def _check_file(graph: MaseGraph, teacher: str, where: str) -> None:

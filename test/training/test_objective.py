@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from machop.config import ConfigError, TrainSettings, load_config
 from machop.datasets import MaseDataModule
 from machop.ir import MaseGraph, PassContext
+from machop.ir.teacher import Ensemble, fresh_copy
 from machop.models import get_model
 from machop.nn import MixturePrior, apply_mask, compressible_weights, get_mask, kmeans_1d
 from machop.passes.graph import PASSES
@@ -113,6 +114,9 @@ def test_the_zero_component_claims_small_weights_and_finish_prunes_exactly_those
     ({"prior": {"learning_rate": 0}}, "passes.train.prior.learning_rate"),
     ({"prior": {"colour": 1}}, "passes.train.prior.colour"),
     ({"baseline": True, "prior": {}}, "passes.train.prior"),
+    ({"teachers": 2}, "passes.train.teachers"),
+    ({"baseline": True, "teachers": 0}, "passes.train.teachers"),
+    ({"baseline": True, "teachers": 17}, "passes.train.teachers"),
 ])
 def test_bad_distill_and_prior_tables_name_their_key(table, key):
     with pytest.raises(ConfigError) as e:
@@ -139,6 +143,62 @@ def test_distilling_from_the_baseline_needs_a_baseline_step(data):
     with pytest.raises(ConfigError, match="baseline = true") as e:
         PASSES["train"](graph, {"distill": {}})
     assert e.value.key == "passes.train.distill.teacher"
+
+
+def _fresh_data() -> MaseDataModule:
+    dm = MaseDataModule("fashion_mnist", batch_size=64, train_limit=2000, test_limit=500)
+    dm.setup()
+    return dm
+
+
+def test_teachers_train_beside_the_baseline_and_teach_as_the_mean_of_their_logits():
+    alone, _ = PASSES["train"](_graph(_fresh_data()), {"baseline": True, "training": {"max_epochs": 1}})
+    data = _fresh_data()
+    graph, info = PASSES["train"](_graph(data), {"baseline": True, "teachers": 3, "training": {"max_epochs": 1}})
+    for k, v in alone.model.state_dict().items():  # the teachers leave the baseline as it was
+        assert torch.equal(v, graph.model.state_dict()[k]), k
+    teacher = graph.context.teacher
+    assert isinstance(teacher, Ensemble) and len(teacher.members) == 3 and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    first = [m.state_dict()["fc1.weight"] for m in teacher.members]
+    assert torch.equal(first[0], graph.model.state_dict()["fc1.weight"])  # the baseline is the first member
+    assert not torch.equal(first[1], first[0]) and not torch.equal(first[2], first[1])  # trained from new starts
+    # oracle: each member's logits, averaged, against the labels of the test split
+    x, y = map(torch.cat, zip(*data.test_dataloader()))
+    with torch.no_grad():
+        logits = torch.stack([m(x) for m in teacher.members])
+        assert torch.allclose(teacher(x), logits.mean(dim=0), atol=1e-6)
+    accuracies = [float((lg.argmax(1) == y).float().mean()) for lg in (*logits, logits.mean(dim=0))]
+    figures = info["teachers"]
+    assert figures["count"] == 3 and figures["baseline"] == pytest.approx(info["test_acc"])
+    assert [figures["baseline"], figures["teacher2"], figures["teacher3"], figures["together"]] == \
+        pytest.approx(accuracies, abs=1e-6)
+
+    loaded = _graph(data)
+    loaded.context.loaded_from = "best.ckpt"  # a loaded baseline is only evaluated; its teachers still train
+    loaded, info = PASSES["train"](loaded, {"baseline": True, "teachers": 2, "training": {"max_epochs": 1}})
+    assert info["skipped"] and len(loaded.context.teacher.members) == 2 and "teacher2" in info["teachers"]
+
+
+def test_a_fresh_copy_is_a_new_start_of_the_same_model_from_its_seed(caplog):
+    class Scaled(nn.Module):  # a parameter with no reset_parameters keeps its trained value
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.scale = nn.Parameter(torch.tensor(2.5))
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    model = Scaled()
+    state = torch.get_rng_state()
+    a, b, c = fresh_copy(model, 7), fresh_copy(model, 7), fresh_copy(model, 8)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    assert torch.equal(a.fc.weight, b.fc.weight) and not torch.equal(a.fc.weight, c.fc.weight)
+    assert not torch.equal(a.fc.weight, model.fc.weight) and a.fc.weight is not model.fc.weight
+    torch.manual_seed(7)
+    assert torch.equal(a.fc.weight, nn.Linear(4, 3).weight)  # what the layer's own initialisation gives
+    assert a.scale.item() == 2.5 and "keeps the trained values of (the model)" in caplog.text
 
 
 def _distortion(graph) -> float:

@@ -12,6 +12,7 @@ Seed-compatible config::
     load_type = "pl"
     project = "NA"              # names this step's checkpoint folder: <run>/checkpoints/<project> (default: the label)
     baseline = false            # true: skip training (just evaluate) when the run loaded its model (load_name)
+    teachers = 1                # with baseline = true: later steps distill from this many dense models (see below)
     test = true                 # evaluate on the test split afterwards (test_acc, test_loss in info)
     [passes.retrain.training]
     max_epochs = 1
@@ -29,6 +30,14 @@ Seed-compatible config::
     strategy = "auto"           # "ddp" for multi-device / multi-node
     num_nodes = 1
 
+``teachers = N`` (N > 1) trains N - 1 more dense models after the baseline,
+each newly initialised and trained as the baseline was (seeds ``seed + 1``,
+``seed + 2``, ...; checkpoints in ``<run>/checkpoints/<folder>_teacher<k>``,
+also when the baseline was loaded): later steps' ``teacher = "baseline"``
+then learns from the mean of all N models' logits, a teacher more accurate
+than any one of them (Hinton et al. 2015). The baseline stays the model the
+run measures against.
+
 Unset values fall back to the run's settings (``graph.context.training``, from the top-level keys).
 
 ``load_name`` in a train table means what it meant in the seed: the
@@ -43,18 +52,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from machop.config import ConfigError, TrainSettings, check_name, from_dict, join, pass_path
 from machop.ir import MaseGraph
 from machop.ir.serialize import describe_structure, load_weights
-from machop.ir.teacher import check_teacher, find_teacher, keep_teacher
+from machop.ir.teacher import check_teacher, find_teacher, fresh_copy, keep_teacher
 from machop.nn import has_compression
 from machop.training import build_objective, check_accelerator, evaluate, parse_objective_args, step_settings, train_step
 
 logger = logging.getLogger(__name__)
+
+MAX_TEACHERS = 16
 
 
 @dataclass
@@ -69,6 +80,7 @@ class TrainArgs:
     project: str | None = None
     test: bool = True  # evaluate on the test split after training
     baseline: bool = False  # this step trains the dense baseline: skipped (only evaluated) when the run loaded one
+    teachers: int = 1  # with baseline: dense models later steps distill from, the baseline and teachers - 1 more
     distill: dict[str, Any] | None = None  # machop.training.DistillArgs
     prior: dict[str, Any] | None = None  # machop.training.PriorArgs
 
@@ -83,6 +95,11 @@ class TrainArgs:
             raise ConfigError(join(path, "distill" if self.distill is not None else "prior"),
                               "does not go with baseline = true: the baseline is what later steps learn from")
         parse_objective_args(self.distill, self.prior, path)
+        if not 1 <= self.teachers <= MAX_TEACHERS:
+            raise ConfigError(join(path, "teachers"), f"must be 1 to {MAX_TEACHERS}, got {self.teachers}")
+        if self.teachers > 1 and not self.baseline:
+            raise ConfigError(join(path, "teachers"), "goes with baseline = true: the teachers are dense models "
+                                                      "trained beside the baseline")
 
     def settings(self, base: TrainSettings, path: str = "passes.train") -> TrainSettings:
         """``base`` with the ``trainer`` table, then the ``training`` table, applied."""
@@ -126,10 +143,11 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     ctx = graph.context
     s = args.settings(ctx.training, path)
     data = ctx.require_data("train")
+    folder = args.project or ctx.step or "train"
     if args.baseline and ctx.loaded_from is not None:
         logger.info("baseline loaded from %s: not training it again", ctx.loaded_from)
-        keep_teacher(graph)
-        return graph, {"skipped": True, **evaluate(graph.model, data, s, progress=ctx.progress_bar)}
+        info = {"skipped": True, **evaluate(graph.model, data, s, progress=ctx.progress_bar)}
+        return graph, info | _keep_teachers(graph, args, s, path, folder, info)
     if args.load_name is not None:
         if has_compression(graph.model):
             raise ConfigError(join(path, "load_name"), "is the model a run starts from, but this model already has "
@@ -139,12 +157,36 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     teacher = find_teacher(graph, distill.teacher, join(path, "distill.teacher")) if distill else None
     objective = build_objective(graph.weights(), teacher, distill, prior)
     info = train_step(graph.model, data, s, training=args.training, path=path, output_dir=ctx.output_dir,
-                      folder=args.project or ctx.step or "train", structure=json.dumps(describe_structure(graph)),
+                      folder=folder, structure=json.dumps(describe_structure(graph)),
                       test=args.test, progress=ctx.progress_bar, objective=objective)
     if args.baseline:
-        keep_teacher(graph)
+        info |= _keep_teachers(graph, args, s, path, folder, info)
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
+
+
+def _keep_teachers(graph: MaseGraph, args: TrainArgs, s: TrainSettings, path: str, folder: str,
+                   info: dict) -> dict:
+    """Keep the baseline as the run's teacher, with ``args.teachers - 1`` more dense models trained as it was
+    from new initialisations; returns their figures for ``info`` (none for a lone baseline)."""
+    ctx, data = graph.context, graph.context.require_data("train")
+    others, figures = [], {"count": args.teachers, "baseline": info.get("test_acc")}
+    for k in range(2, args.teachers + 1):
+        logger.info("teacher %d of %d: a dense model trained as the baseline, from seed %d", k, args.teachers,
+                    s.seed + k - 1)
+        model = fresh_copy(graph.model, s.seed + k - 1)
+        trained = train_step(model, data, replace(s, seed=s.seed + k - 1), training=args.training, path=path,
+                             output_dir=ctx.output_dir, folder=f"{folder}_teacher{k}",
+                             structure=json.dumps(describe_structure(graph)), test=args.test,
+                             progress=ctx.progress_bar)
+        others.append(model)
+        figures[f"teacher{k}"] = trained.get("test_acc")
+    keep_teacher(graph, others)
+    if not others:
+        return {}
+    if args.test:
+        figures["together"] = evaluate(ctx.teacher, data, s, progress=ctx.progress_bar)["test_acc"]
+    return {"teachers": figures}  # test_acc of each and of their ensemble
 
 
 def test_pass(graph: MaseGraph, pass_args: dict | None = None) -> tuple[MaseGraph, dict]:
