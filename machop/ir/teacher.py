@@ -4,6 +4,7 @@ beside it: an ensemble), or a checkpoint of the same registry model."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     return copy
 
 
-def keep_teacher(graph: MaseGraph, others: list[nn.Module] = ()) -> None:
+def keep_teacher(graph: MaseGraph, others: Sequence[nn.Module] = ()) -> None:
     """Remember ``graph``'s model as it is now (a frozen copy) as the run's dense baseline; with ``others``
     (more trained dense models), later steps learn from the `Ensemble` of the baseline and them."""
     teacher = copy_model(graph.model)

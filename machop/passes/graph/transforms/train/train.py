@@ -147,7 +147,7 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
     if args.baseline and ctx.loaded_from is not None:
         logger.info("baseline loaded from %s: not training it again", ctx.loaded_from)
         info = {"skipped": True, **evaluate(graph.model, data, s, progress=ctx.progress_bar)}
-        return graph, info | _keep_teachers(graph, args, s, path, folder, info)
+        return graph, info | _keep_teachers(graph, args, s, data, path, folder, info["test_acc"])
     if args.load_name is not None:
         if has_compression(graph.model):
             raise ConfigError(join(path, "load_name"), "is the model a run starts from, but this model already has "
@@ -160,30 +160,31 @@ def train_transform_pass(graph: MaseGraph, pass_args: dict | None = None) -> tup
                       folder=folder, structure=json.dumps(describe_structure(graph)),
                       test=args.test, progress=ctx.progress_bar, objective=objective)
     if args.baseline:
-        info |= _keep_teachers(graph, args, s, path, folder, info)
+        info |= _keep_teachers(graph, args, s, data, path, folder, info.get("test_acc"))
     logger.info("trained %d epoch(s): best val_acc %.4f", info["epochs"], info["best_val_acc"] or float("nan"))
     return graph, info
 
 
-def _keep_teachers(graph: MaseGraph, args: TrainArgs, s: TrainSettings, path: str, folder: str,
-                   info: dict) -> dict:
+def _keep_teachers(graph: MaseGraph, args: TrainArgs, s: TrainSettings, data: Any, path: str, folder: str,
+                   baseline_acc: float | None) -> dict:
     """Keep the baseline as the run's teacher, with ``args.teachers - 1`` more dense models trained as it was
     from new initialisations; returns their figures for ``info`` (none for a lone baseline)."""
-    ctx, data = graph.context, graph.context.require_data("train")
-    others, figures = [], {"count": args.teachers, "baseline": info.get("test_acc")}
+    if args.teachers == 1:
+        keep_teacher(graph)
+        return {}
+    ctx = graph.context
+    structure = json.dumps(describe_structure(graph))
+    others, figures = [], {"count": args.teachers, "baseline": baseline_acc}
     for k in range(2, args.teachers + 1):
-        logger.info("teacher %d of %d: a dense model trained as the baseline, from seed %d", k, args.teachers,
-                    s.seed + k - 1)
-        model = fresh_copy(graph.model, s.seed + k - 1)
-        trained = train_step(model, data, replace(s, seed=s.seed + k - 1), training=args.training, path=path,
-                             output_dir=ctx.output_dir, folder=f"{folder}_teacher{k}",
-                             structure=json.dumps(describe_structure(graph)), test=args.test,
-                             progress=ctx.progress_bar)
+        seed = s.seed + k - 1
+        logger.info("teacher %d of %d: a dense model trained as the baseline, from seed %d", k, args.teachers, seed)
+        model = fresh_copy(graph.model, seed)
+        trained = train_step(model, data, replace(s, seed=seed), training=args.training, path=path,
+                             output_dir=ctx.output_dir, folder=f"{folder}_teacher{k}", structure=structure,
+                             test=args.test, progress=ctx.progress_bar)
         others.append(model)
         figures[f"teacher{k}"] = trained.get("test_acc")
     keep_teacher(graph, others)
-    if not others:
-        return {}
     if args.test:
         figures["together"] = evaluate(ctx.teacher, data, s, progress=ctx.progress_bar)["test_acc"]
     return {"teachers": figures}  # test_acc of each and of their ensemble
